@@ -1,0 +1,105 @@
+//! MessagePack encoding with named fields.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("cannot encode {what} as MessagePack: {source}")]
+    Encode {
+        what: &'static str,
+        source: rmp_serde::encode::Error,
+    },
+    #[error("cannot decode {what} from MessagePack: {source}")]
+    Decode {
+        what: &'static str,
+        source: rmp_serde::decode::Error,
+    },
+}
+
+/// Encodes a value as MessagePack maps keyed by field name.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    rmp_serde::to_vec_named(value).map_err(|source| CodecError::Encode {
+        what: short_type_name::<T>(),
+        source,
+    })
+}
+
+/// Decodes a value written by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    rmp_serde::from_slice(bytes).map_err(|source| CodecError::Decode {
+        what: short_type_name::<T>(),
+        source,
+    })
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::*;
+
+    fn process() -> Process {
+        Process {
+            exec_id: "0000abcd-10-20-1".parse().unwrap(),
+            pid: 10,
+            ppid: 1,
+            parent_exec_id: None,
+            name: "python3".into(),
+            exe: "/usr/bin/python3.11".into(),
+            invoked_path: Some("/usr/bin/python3".into()),
+            argv: vec!["python3".into(), "-c".into(), "print(1)".into()],
+            argv_truncated: false,
+            argv_source: ArgvSource::Kernel,
+            cwd: Some("/tmp".into()),
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            loginuid: None,
+            user: Some("root".into()),
+            tty: None,
+            cgroup_id: 1,
+            container_id: None,
+            start_time: Timestamp::from_unix_nanos(1),
+            sha256: None,
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_messagepack_and_render_the_same_json() {
+        let event = Event {
+            time: Timestamp::from_unix_nanos(5),
+            host: "h".into(),
+            process: process(),
+            ancestry: vec![],
+            detail: EventDetail::Connect(ConnectEvent {
+                family: SocketFamily::Ipv4,
+                protocol: TransportProtocol::Tcp,
+                destination_ip: "127.0.0.1".parse().unwrap(),
+                destination_port: 443,
+                source_ip: None,
+                source_port: None,
+                outcome: Outcome::Refused,
+                errno: Some(111),
+                hook: ConnectHook::Connect,
+                late_outcome: false,
+            }),
+        };
+        let back: Event = decode(&encode(&event).unwrap()).unwrap();
+        assert_eq!(back, event);
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "connect");
+        assert_eq!(json["destination_ip"], "127.0.0.1");
+        assert_eq!(json["process"]["exec_id"], "0000abcd-10-20-1");
+        assert_eq!(json["time"], "1970-01-01T00:00:00.000000005Z");
+    }
+
+    #[test]
+    fn decoding_garbage_names_the_type() {
+        let err = decode::<Event>(b"\xc1").unwrap_err();
+        assert!(err.to_string().contains("Event"), "{err}");
+    }
+}

@@ -1,0 +1,201 @@
+//! What the sensor saw: exec, fork, exit and connect events.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+use crate::{Ancestor, Process, Timestamp};
+
+/// One observation, with the process it concerns and that process's ancestry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub time: Timestamp,
+    pub host: String,
+    pub process: Process,
+    /// Nearest parent first, up to the root of the known tree.
+    #[serde(default)]
+    pub ancestry: Vec<Ancestor>,
+    #[serde(flatten)]
+    pub detail: EventDetail,
+}
+
+impl Event {
+    pub fn kind(&self) -> EventKind {
+        self.detail.kind()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventDetail {
+    Exec(ExecEvent),
+    Fork(ForkEvent),
+    Exit(ExitEvent),
+    Connect(ConnectEvent),
+}
+
+impl EventDetail {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventDetail::Exec(_) => EventKind::Exec,
+            EventDetail::Fork(_) => EventKind::Fork,
+            EventDetail::Exit(_) => EventKind::Exit,
+            EventDetail::Connect(_) => EventKind::Connect,
+        }
+    }
+}
+
+/// The `<kind>` token of `osprey.events.<host>.<kind>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Exec,
+    Fork,
+    Exit,
+    Connect,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Exec,
+        EventKind::Fork,
+        EventKind::Exit,
+        EventKind::Connect,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Exec => "exec",
+            EventKind::Fork => "fork",
+            EventKind::Exit => "exit",
+            EventKind::Connect => "connect",
+        }
+    }
+}
+
+/// A new program image (the process is the one after the exec).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecEvent {
+    /// Executable before this exec, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_exe: Option<String>,
+}
+
+/// A new process (the event's process is the child).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkEvent {}
+
+/// A process ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitEvent {
+    /// Exit status when it exited normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Killing signal when a signal ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default)]
+    pub core_dumped: bool,
+}
+
+impl ExitEvent {
+    /// Decodes a wait(2) status word.
+    pub fn from_wait_status(status: u32) -> Self {
+        let signal = status & 0x7f;
+        if signal == 0 {
+            ExitEvent {
+                exit_code: Some(((status >> 8) & 0xff) as i32),
+                signal: None,
+                core_dumped: false,
+            }
+        } else {
+            ExitEvent {
+                exit_code: None,
+                signal: Some(signal as i32),
+                core_dumped: status & 0x80 != 0,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketFamily {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportProtocol {
+    Tcp,
+    Udp,
+}
+
+impl TransportProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportProtocol::Tcp => "tcp",
+            TransportProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// How a connection attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// TCP established, UDP connected (or datagram sent).
+    Ok,
+    Refused,
+    TimedOut,
+    /// EPERM/EACCES: a block refused it.
+    Denied,
+    /// Any other error; the errno is in [`ConnectEvent::errno`].
+    Error,
+    /// No outcome seen before the socket closed or the collector stopped waiting.
+    Pending,
+}
+
+/// Which syscall path the attempt came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectHook {
+    /// connect(2)
+    Connect,
+    /// sendto(2)/sendmsg(2) with a destination on an unconnected datagram socket.
+    Sendmsg,
+    /// Windows: a TCP connection the OS reported.
+    Os,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectEvent {
+    pub family: SocketFamily,
+    pub protocol: TransportProtocol,
+    pub destination_ip: IpAddr,
+    pub destination_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_port: Option<u16>,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    pub hook: ConnectHook,
+    /// Outcome arrived after the event was first published with [`Outcome::Pending`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late_outcome: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_status_decodes_exit_codes_and_signals() {
+        assert_eq!(ExitEvent::from_wait_status(3 << 8).exit_code, Some(3));
+        let killed = ExitEvent::from_wait_status(9);
+        assert_eq!((killed.exit_code, killed.signal), (None, Some(9)));
+        assert!(ExitEvent::from_wait_status(11 | 0x80).core_dumped);
+    }
+}

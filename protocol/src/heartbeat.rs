@@ -1,0 +1,33 @@
+//! The collector's periodic health report.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::Timestamp;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub host: String,
+    pub time: Timestamp,
+    /// Collector version.
+    pub version: String,
+    pub protocol_version: u32,
+    pub uptime_secs: u64,
+    /// Events seen since start, per kind (`exec`, `fork`, `exit`, `connect`).
+    pub events: BTreeMap<String, u64>,
+    /// Events per second over the last heartbeat interval.
+    pub events_per_sec: f64,
+    pub findings: u64,
+    /// Records the kernel could not deliver, per type, since start.
+    pub drops: BTreeMap<String, u64>,
+    /// Findings waiting in the on-disk spool for NATS.
+    pub spool_depth: u64,
+    /// Findings evicted from a full spool (oldest first) since start.
+    pub spool_evicted: u64,
+    pub process_table_size: u64,
+    /// Process entries evicted from a full table since start.
+    pub process_table_evicted: u64,
+    /// Active kernel blocks (destinations and kill-on-exec entries).
+    #[serde(default)]
+    pub active_blocks: u64,
+}

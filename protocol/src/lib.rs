@@ -1,0 +1,29 @@
+//! Osprey's wire model, shared by every producer and consumer.
+//!
+//! Payloads travel as MessagePack with named fields ([`codec`]), so readers ignore fields they
+//! don't know and new fields can be added without breaking them. Addresses, times and ids have
+//! explicit wire shapes (an IP is its text form, a time RFC 3339 UTC with nanoseconds, an
+//! [`ExecId`] its `bootid-pid-ticks-seq` string), so the JSON rendering looks the same.
+
+pub mod codec;
+pub mod event;
+pub mod finding;
+pub mod heartbeat;
+pub mod process;
+pub mod severity;
+pub mod subject;
+pub mod time;
+
+pub use codec::{decode, encode, CodecError};
+pub use event::{
+    ConnectEvent, ConnectHook, Event, EventDetail, EventKind, ExecEvent, ExitEvent, ForkEvent,
+    Outcome, SocketFamily, TransportProtocol,
+};
+pub use finding::{ActionKind, Detector, Finding, FindingId, Trigger};
+pub use heartbeat::Heartbeat;
+pub use process::{Ancestor, ArgvSource, BootId, ExecId, ExecIdParseError, Process};
+pub use severity::Severity;
+pub use time::Timestamp;
+
+/// Version of this wire model, carried in heartbeats.
+pub const PROTOCOL_VERSION: u32 = 1;

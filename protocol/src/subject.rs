@@ -1,0 +1,50 @@
+//! NATS subjects. `<host>` is always passed through [`host_token`].
+
+use crate::{EventKind, Severity};
+
+pub const FINDINGS_STREAM: &str = "OSPREY_FINDINGS";
+pub const FINDINGS_WILDCARD: &str = "osprey.findings.>";
+pub const AUDIT: &str = "osprey.audit";
+pub const APPROVALS: &str = "osprey.responder.approvals";
+
+/// A NATS-safe token for a host name: characters other than ASCII letters, digits, `-` and
+/// `_` become `_` (NATS tokens cannot hold `.`, `*`, `>` or whitespace).
+pub fn host_token(host: &str) -> String {
+    let token: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    if token.is_empty() {
+        "_".to_string()
+    } else {
+        token
+    }
+}
+
+pub fn events(host: &str, kind: EventKind) -> String {
+    format!("osprey.events.{}.{}", host_token(host), kind.as_str())
+}
+
+pub fn findings(host: &str, severity: Severity) -> String {
+    format!("osprey.findings.{}.{}", host_token(host), severity.as_str())
+}
+
+pub fn heartbeat(host: &str) -> String {
+    format!("osprey.heartbeat.{}", host_token(host))
+}
+
+pub fn command(host: &str) -> String {
+    format!("osprey.cmd.{}", host_token(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_become_single_tokens() {
+        assert_eq!(host_token("web-1.example.com"), "web-1_example_com");
+        assert_eq!(findings("a b", Severity::High), "osprey.findings.a_b.high");
+        assert_eq!(events("h", EventKind::Connect), "osprey.events.h.connect");
+    }
+}

@@ -1,0 +1,311 @@
+//! The kernel↔userspace ABI of the Linux sensor.
+//!
+//! Every record the eBPF programs write into the `EVENTS` ring buffer starts with a
+//! [`RecordHeader`]; its `kind` says which `#[repr(C)]` struct follows. The collector decodes
+//! them in `collector/src/source/ebpf/decode.rs`. Nothing but layout lives here.
+#![no_std]
+
+/// Arguments copied per exec (more are counted as truncation).
+pub const ARGV_MAX_ARGS: usize = 32;
+/// Bytes of argv (NUL-separated) kept per exec.
+pub const ARGV_MAX_BYTES: usize = 4096;
+/// Bytes for the path as invoked (the exec tracepoint's `filename`).
+pub const FILENAME_MAX_BYTES: usize = 256;
+/// Bytes for a path rebuilt from dentries (resolved exe, cwd); components are stored
+/// leaf first, each NUL-terminated, and reversed in userspace.
+pub const PATH_MAX_BYTES: usize = 1024;
+/// Deepest directory nesting walked when rebuilding a path.
+pub const PATH_MAX_DEPTH: usize = 32;
+/// Bytes of the controlling terminal's name (`tty_struct.name`).
+pub const TTY_NAME_BYTES: usize = 32;
+
+/// What follows a [`RecordHeader`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Exec = 1,
+    Fork = 2,
+    Exit = 3,
+    /// A connect()/sendto() seen by a cgroup sock_addr hook, before the kernel acts on it.
+    ConnectAttempt = 4,
+    /// The syscall that carried a [`RecordKind::ConnectAttempt`] returned.
+    SyscallResult = 5,
+    /// A tracked TCP socket left SYN_SENT (established, or closed with an error).
+    TcpOutcome = 6,
+}
+
+impl RecordKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Exec,
+            2 => Self::Fork,
+            3 => Self::Exit,
+            4 => Self::ConnectAttempt,
+            5 => Self::SyscallResult,
+            6 => Self::TcpOutcome,
+            _ => return None,
+        })
+    }
+}
+
+/// Index of each per-type drop counter in the `DROPS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropKind {
+    Exec = 0,
+    Fork = 1,
+    Exit = 2,
+    Connect = 3,
+    ConnectResult = 4,
+    /// argv could not be staged at `sys_enter_execve` (staging map full): the exec is still
+    /// reported, with argv from /proc.
+    ArgvStaging = 5,
+}
+
+pub const DROP_KINDS: usize = 6;
+
+impl DropKind {
+    pub const ALL: [DropKind; DROP_KINDS] = [
+        DropKind::Exec,
+        DropKind::Fork,
+        DropKind::Exit,
+        DropKind::Connect,
+        DropKind::ConnectResult,
+        DropKind::ArgvStaging,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropKind::Exec => "exec",
+            DropKind::Fork => "fork",
+            DropKind::Exit => "exit",
+            DropKind::Connect => "connect",
+            DropKind::ConnectResult => "connect_result",
+            DropKind::ArgvStaging => "argv_staging",
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecordHeader {
+    pub kind: u32,
+    /// Thread id of the current task (for fork: of the parent).
+    pub tid: u32,
+    /// Process id (tgid) of the current task.
+    pub pid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, converted to wall clock in userspace.
+    pub boot_ns: u64,
+}
+
+/// Exec flags.
+pub const EXEC_ARGV_FROM_KERNEL: u32 = 1;
+pub const EXEC_ARGV_TRUNCATED: u32 = 1 << 1;
+pub const EXEC_EXE_TRUNCATED: u32 = 1 << 2;
+pub const EXEC_CWD_TRUNCATED: u32 = 1 << 3;
+pub const EXEC_HAS_TTY: u32 = 1 << 4;
+
+/// A path rebuilt from dentries: `len` bytes of NUL-terminated components, leaf first.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DentryPath {
+    pub len: u32,
+    pub depth: u32,
+    pub buf: [u8; PATH_MAX_BYTES],
+}
+
+/// `sched_process_exec`, joined with the argv staged at `sys_enter_execve(at)`.
+///
+/// Written with a variable length: only `argv_len` bytes of `argv` are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecRecord {
+    pub header: RecordHeader,
+    pub ppid: u32,
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    /// `u32::MAX` when the kernel has no audit loginuid.
+    pub loginuid: u32,
+    pub flags: u32,
+    /// `task_struct.start_boottime` of the process (ns since boot).
+    pub start_boottime: u64,
+    pub cgroup_id: u64,
+    /// Device and inode of the executable (`mm->exe_file->f_inode`).
+    pub exe_dev: u32,
+    pub argc: u32,
+    pub exe_ino: u64,
+    pub comm: [u8; 16],
+    pub tty: [u8; TTY_NAME_BYTES],
+    pub filename: [u8; FILENAME_MAX_BYTES],
+    pub exe: DentryPath,
+    pub cwd: DentryPath,
+    pub argv_len: u32,
+    pub _pad: u32,
+    pub argv: [u8; ARGV_MAX_BYTES],
+}
+
+/// Bytes of an [`ExecRecord`] before `argv`.
+pub const EXEC_RECORD_FIXED: usize = core::mem::size_of::<ExecRecord>() - ARGV_MAX_BYTES;
+
+/// argv staged per thread between `sys_enter_execve` and `sched_process_exec`.
+///
+/// The buffer is twice [`ARGV_MAX_BYTES`] so the verifier can prove every bounded string read
+/// at an offset below `ARGV_MAX_BYTES` stays inside it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ArgvStage {
+    pub len: u32,
+    pub argc: u32,
+    pub truncated: u32,
+    pub _pad: u32,
+    pub buf: [u8; ARGV_MAX_BYTES * 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkRecord {
+    pub header: RecordHeader,
+    pub child_pid: u32,
+    pub _pad: u32,
+    /// `start_boottime` of the child.
+    pub child_start_boottime: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitRecord {
+    pub header: RecordHeader,
+    /// `task_struct.exit_code` as wait(2) would report it.
+    pub exit_code: u32,
+    pub _pad: u32,
+    pub start_boottime: u64,
+}
+
+/// Which hook saw the attempt.
+pub const HOOK_CONNECT: u8 = 1;
+pub const HOOK_SENDMSG: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectAttemptRecord {
+    pub header: RecordHeader,
+    /// Kernel address of the socket: joins [`TcpOutcomeRecord`]s.
+    pub sock: u64,
+    /// AF_INET / AF_INET6.
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// SOCK_STREAM / SOCK_DGRAM.
+    pub sock_type: u8,
+    /// IPPROTO_TCP / IPPROTO_UDP.
+    pub protocol: u8,
+    pub hook: u8,
+    /// 1 when an enforcement rule refused it (returned 0 to the kernel).
+    pub blocked: u8,
+    /// Destination address: IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// The return value of the connect/sendto/sendmsg syscall that carried an attempt.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallResultRecord {
+    pub header: RecordHeader,
+    pub ret: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpOutcomeRecord {
+    pub header: RecordHeader,
+    pub sock: u64,
+    /// TCP state entered (TCP_ESTABLISHED = 1, TCP_CLOSE = 7).
+    pub new_state: u32,
+    /// `sk->sk_err` when the socket closed (ECONNREFUSED, ETIMEDOUT, ...).
+    pub sk_err: u32,
+    /// A RST arrived for this socket while it was connecting.
+    pub reset: u32,
+    pub source_port: u16,
+    pub _pad: u16,
+    pub source_addr: [u8; 16],
+}
+
+/// Value of `TCP_TRACKED`: what the outcome programs need to know about a connecting socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TrackedSock {
+    pub reset: u32,
+    pub _pad: u32,
+}
+
+/// Field offsets the programs read through `bpf_probe_read_kernel`, resolved from
+/// `/sys/kernel/btf/vmlinux` (and tracefs `format` files) at load time and handed over as the
+/// global `OFFSETS`. A zero offset for an optional field means "not available on this kernel".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    // task_struct
+    pub task_real_parent: u32,
+    pub task_group_leader: u32,
+    pub task_tgid: u32,
+    pub task_start_boottime: u32,
+    pub task_exit_code: u32,
+    pub task_signal: u32,
+    pub task_mm: u32,
+    pub task_fs: u32,
+    pub task_cred: u32,
+    pub task_loginuid: u32,
+    // signal_struct / tty_struct
+    pub signal_tty: u32,
+    pub tty_name: u32,
+    // cred
+    pub cred_euid: u32,
+    // mm_struct / file / inode / super_block
+    pub mm_exe_file: u32,
+    pub file_f_path: u32,
+    pub file_f_inode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    // fs_struct
+    pub fs_pwd: u32,
+    // path / dentry / qstr / mount
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_name: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub vfsmount_mnt_root: u32,
+    // sock
+    pub sock_sk_err: u32,
+    // tracepoint record offsets (from tracefs format files)
+    pub tp_exec_filename: u32,
+    pub tp_exec_old_pid: u32,
+    pub tp_execve_argv: u32,
+    pub tp_execveat_argv: u32,
+    pub tp_exit_group_dead: u32,
+    pub tp_sys_exit_ret: u32,
+    pub tp_sk_state_skaddr: u32,
+    pub tp_sk_state_newstate: u32,
+    pub tp_sk_state_oldstate: u32,
+    pub tp_sk_state_protocol: u32,
+    pub tp_sk_state_sport: u32,
+    pub tp_sk_state_saddr: u32,
+    pub tp_sk_state_saddr_v6: u32,
+    pub tp_sk_state_family: u32,
+    pub tp_reset_skaddr: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain-old-data `#[repr(C)]` structs with no padding-dependent invariants.
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for TrackedSock {}
+}

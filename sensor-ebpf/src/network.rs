@@ -1,0 +1,235 @@
+//! Network: every connect()/sendto() seen at the cgroup sock_addr hooks (observe mode: the
+//! hooks always allow), the syscall's return value, and TCP outcomes from socket state changes.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, gen},
+    macros::{cgroup_sock_addr, tracepoint},
+    programs::{SockAddrContext, TracePointContext},
+};
+use sensor_common::*;
+
+use crate::{
+    kernel::{is_collector, offset, read},
+    maps::{self, CONNECT_INFLIGHT, EVENTS, TCP_TRACKED, UDP_SEEN},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
+const TCP_CLOSE: u32 = 7;
+
+/// Allow the operation: these hooks only observe.
+const ALLOW: i32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UdpKey {
+    sock: u64,
+    addr: [u8; 16],
+    port: u16,
+    _pad: [u8; 6],
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    observe(&ctx, AF_INET, HOOK_CONNECT);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    observe(&ctx, AF_INET6, HOOK_CONNECT);
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    observe(&ctx, AF_INET, HOOK_SENDMSG);
+    ALLOW
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    observe(&ctx, AF_INET6, HOOK_SENDMSG);
+    ALLOW
+}
+
+#[inline(always)]
+fn observe(ctx: &SockAddrContext, family: u16, hook: u8) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let pid = (pid_tgid >> 32) as u32;
+    if is_collector(pid) {
+        return;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the program's context; each field is read with its own aligned 4-byte
+    // load, the only width the verifier accepts for some of them.
+    unsafe {
+        let sock_type = core::ptr::read_volatile(&(*sa).type_);
+        let protocol = core::ptr::read_volatile(&(*sa).protocol);
+        let port = u16::from_be(core::ptr::read_volatile(&(*sa).user_port) as u16);
+        let sock = (*sa).__bindgen_anon_1.sk as u64;
+        let mut addr = [0u8; 16];
+        if family == AF_INET {
+            let ip4 = core::ptr::read_volatile(&(*sa).user_ip4);
+            addr[..4].copy_from_slice(&ip4.to_ne_bytes());
+        } else {
+            let mut i = 0;
+            while i < 4 {
+                let word = core::ptr::read_volatile(&(*sa).user_ip6[i]);
+                addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+                i += 1;
+            }
+        }
+
+        if hook == HOOK_SENDMSG {
+            if sock_type != SOCK_DGRAM {
+                return;
+            }
+            let key = UdpKey { sock, addr, port, _pad: [0; 6] };
+            if UDP_SEEN.get_ptr(&key).is_some() {
+                return;
+            }
+            let _ = UDP_SEEN.insert(&key, &1, 0);
+        }
+
+        let Some(mut entry) = EVENTS.reserve::<ConnectAttemptRecord>(0) else {
+            maps::count_drop(DropKind::Connect);
+            return;
+        };
+        entry.write(ConnectAttemptRecord {
+            header: RecordHeader {
+                kind: RecordKind::ConnectAttempt as u32,
+                tid,
+                pid,
+                _pad: 0,
+                boot_ns: gen::bpf_ktime_get_boot_ns(),
+            },
+            sock,
+            family,
+            port,
+            sock_type: sock_type as u8,
+            protocol: protocol as u8,
+            hook,
+            blocked: 0,
+            addr,
+        });
+        entry.submit(0);
+
+        if hook == HOOK_CONNECT && sock_type == SOCK_STREAM {
+            let _ = TCP_TRACKED.insert(&sock, &TrackedSock { reset: 0, _pad: 0 }, 0);
+        }
+        let _ = CONNECT_INFLIGHT.insert(&tid, &1, 0);
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    syscall_result(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
+    syscall_result(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
+    syscall_result(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
+    syscall_result(&ctx)
+}
+
+/// Reports the return value of a syscall whose attempt was reported by this thread.
+#[inline(always)]
+fn syscall_result(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    if CONNECT_INFLIGHT.get_ptr(&tid).is_none() {
+        return 0;
+    }
+    let _ = CONNECT_INFLIGHT.remove(&tid);
+    let ret: i64 = unsafe { ctx.read_at(offset!(tp_sys_exit_ret)).unwrap_or(0) };
+    let rec = SyscallResultRecord {
+        header: RecordHeader {
+            kind: RecordKind::SyscallResult as u32,
+            tid,
+            pid: (pid_tgid >> 32) as u32,
+            _pad: 0,
+            boot_ns: unsafe { gen::bpf_ktime_get_boot_ns() },
+        },
+        ret,
+    };
+    maps::emit(&rec, DropKind::ConnectResult);
+    0
+}
+
+/// A tracked socket leaving SYN_SENT. This can run in softirq context, where the current
+/// task is unrelated: the record is keyed by the socket, not by pid.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    unsafe {
+        let protocol: u16 = ctx.read_at(offset!(tp_sk_state_protocol)).unwrap_or(0);
+        if protocol != IPPROTO_TCP {
+            return 0;
+        }
+        let old: u32 = ctx.read_at(offset!(tp_sk_state_oldstate)).unwrap_or(0);
+        let new: u32 = ctx.read_at(offset!(tp_sk_state_newstate)).unwrap_or(0);
+        if old != TCP_SYN_SENT || (new != TCP_ESTABLISHED && new != TCP_CLOSE) {
+            return 0;
+        }
+        let sock: u64 = ctx.read_at(offset!(tp_sk_state_skaddr)).unwrap_or(0);
+        let Some(tracked) = TCP_TRACKED.get_ptr(&sock) else {
+            return 0;
+        };
+        let reset = (*tracked).reset;
+        let _ = TCP_TRACKED.remove(&sock);
+        let family: u16 = ctx.read_at(offset!(tp_sk_state_family)).unwrap_or(0);
+        let mut source_addr = [0u8; 16];
+        if family == AF_INET {
+            let a: [u8; 4] = ctx.read_at(offset!(tp_sk_state_saddr)).unwrap_or([0; 4]);
+            source_addr[..4].copy_from_slice(&a);
+        } else {
+            source_addr = ctx.read_at(offset!(tp_sk_state_saddr_v6)).unwrap_or([0; 16]);
+        }
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let rec = TcpOutcomeRecord {
+            header: RecordHeader {
+                kind: RecordKind::TcpOutcome as u32,
+                tid: pid_tgid as u32,
+                pid: (pid_tgid >> 32) as u32,
+                _pad: 0,
+                boot_ns: gen::bpf_ktime_get_boot_ns(),
+            },
+            sock,
+            new_state: new,
+            sk_err: if new == TCP_CLOSE { read::<u32>(sock as *const u8, offset!(sock_sk_err)) } else { 0 },
+            reset,
+            source_port: ctx.read_at(offset!(tp_sk_state_sport)).unwrap_or(0),
+            _pad: 0,
+            source_addr,
+        };
+        maps::emit(&rec, DropKind::ConnectResult);
+    }
+    0
+}
+
+/// A RST for a tracked connecting socket: its close is then a refusal.
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    unsafe {
+        let sock: u64 = ctx.read_at(offset!(tp_reset_skaddr)).unwrap_or(0);
+        if let Some(tracked) = TCP_TRACKED.get_ptr_mut(&sock) {
+            (*tracked).reset = 1;
+        }
+    }
+    0
+}
