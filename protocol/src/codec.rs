@@ -1,6 +1,6 @@
 //! MessagePack encoding with named fields.
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -17,16 +17,27 @@ pub enum CodecError {
 }
 
 /// Encodes a value as MessagePack maps keyed by field name.
+///
+/// Human-readable mode makes standard types take the same shape as in JSON (an IP address is
+/// its text form), which the wire contract requires.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    rmp_serde::to_vec_named(value).map_err(|source| CodecError::Encode {
-        what: short_type_name::<T>(),
-        source,
-    })
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = rmp_serde::Serializer::new(&mut out)
+        .with_struct_map()
+        .with_human_readable();
+    value
+        .serialize(&mut serializer)
+        .map_err(|source| CodecError::Encode {
+            what: short_type_name::<T>(),
+            source,
+        })?;
+    Ok(out)
 }
 
 /// Decodes a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    rmp_serde::from_slice(bytes).map_err(|source| CodecError::Decode {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
+    T::deserialize(&mut deserializer).map_err(|source| CodecError::Decode {
         what: short_type_name::<T>(),
         source,
     })
