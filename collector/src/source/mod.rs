@@ -142,6 +142,14 @@ pub trait EventSource: Sized {
 
     /// Current counters (drops per type).
     fn stats(&mut self) -> SourceStats;
+
+    /// Processes that predate the sensor, as exec records (argv, parent, exe as the OS shows
+    /// them now). Called once, after [`EventSource::start`].
+    fn existing_processes(&mut self) -> Result<Vec<ExecRecord>, SourceError>;
+
+    /// The processes alive right now: the table reconciles against this periodically, so
+    /// exits the source missed do not leak entries.
+    fn live_processes(&mut self) -> Result<Vec<ProcessKey>, SourceError>;
 }
 
 #[derive(Debug, thiserror::Error)]
