@@ -128,13 +128,17 @@ const COMPONENT_START_LIMIT: u32 = (PATH_MAX_BYTES as u32) / 2;
 /// Rebuilds the path of a `struct path` by walking dentries up to the root of the mount
 /// namespace, crossing mount points. Components are written leaf first, NUL-terminated.
 /// Returns true when the path did not fit (depth or bytes).
+///
+/// The running length lives in `out` (map memory), not in a register: the verifier then sees
+/// an unknown value that the mask bounds, instead of a precise one that differs on every
+/// path and defeats state pruning.
 #[inline(always)]
 pub unsafe fn read_dentry_path(path: *const u8, out: *mut DentryPath) -> bool {
     let mut vfsmnt = read_ptr(path, offset!(path_mnt));
     let mut dentry = read_ptr(path, offset!(path_dentry));
     let mut mount = vfsmnt.wrapping_sub(offset!(mount_mnt));
-    let mut len: u32 = 0;
-    let mut depth: u32 = 0;
+    core::ptr::write_volatile(&mut (*out).len, 0);
+    core::ptr::write_volatile(&mut (*out).depth, 0);
     let mut truncated = true;
     let buf = (*out).buf.as_mut_ptr();
     for _ in 0..PATH_MAX_DEPTH {
@@ -155,6 +159,7 @@ pub unsafe fn read_dentry_path(path: *const u8, out: *mut DentryPath) -> bool {
             vfsmnt = mount.wrapping_add(offset!(mount_mnt));
             continue;
         }
+        let len = core::ptr::read_volatile(&(*out).len);
         if len >= COMPONENT_START_LIMIT {
             break;
         }
@@ -168,11 +173,10 @@ pub unsafe fn read_dentry_path(path: *const u8, out: *mut DentryPath) -> bool {
         if n <= 0 {
             break;
         }
-        len += n as u32;
-        depth += 1;
+        core::ptr::write_volatile(&mut (*out).len, len + n as u32);
+        let depth = core::ptr::read_volatile(&(*out).depth);
+        core::ptr::write_volatile(&mut (*out).depth, depth + 1);
         dentry = parent;
     }
-    (*out).len = if len > PATH_MAX_BYTES as u32 { PATH_MAX_BYTES as u32 } else { len };
-    (*out).depth = depth;
     truncated
 }

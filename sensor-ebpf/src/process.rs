@@ -71,7 +71,8 @@ fn stage_argv(ctx: &TracePointContext, argv_offset: usize) {
                 truncated = 1;
                 break;
             }
-            let at = (len & (ARGV_MAX_BYTES as u32 - 1)) as usize;
+            // black_box: keep the mask the verifier needs, which LLVM would drop as redundant.
+            let at = (core::hint::black_box(len) & (ARGV_MAX_BYTES as u32 - 1)) as usize;
             let n = gen::bpf_probe_read_user_str(
                 buf.add(at) as *mut c_void,
                 ARGV_MAX_BYTES as u32,

@@ -1,0 +1,296 @@
+//! One readable line per finding or event, for `osprey tail`.
+
+use std::{borrow::Cow, fmt::Write as _, net::SocketAddr};
+
+use protocol::{
+    ConnectEvent, Event, EventDetail, ExitEvent, Finding, Outcome, Process, Severity, Timestamp,
+};
+
+/// Command lines longer than this (in characters) are cut, so a line stays one screen line.
+const COMMAND_LINE_CHARS: usize = 120;
+const RESET: &str = "\x1b[0m";
+
+/// SGR sequence for a severity.
+fn colour(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Critical => "\x1b[1;35m",
+        Severity::High => "\x1b[31m",
+        Severity::Medium => "\x1b[33m",
+        Severity::Low => "\x1b[36m",
+        Severity::Info => "\x1b[2m",
+    }
+}
+
+/// `time host SEVERITY rule: title | name[pid] exec-id | trigger`, coloured by severity when
+/// `colour` is set.
+pub fn finding_line(finding: &Finding, use_colour: bool) -> String {
+    let mut line = String::with_capacity(256);
+    let _ = write!(
+        line,
+        "{} {} {:<8} {}: {} | {} | {}",
+        short_time(finding.time),
+        clean(&finding.host),
+        finding.severity.as_str().to_ascii_uppercase(),
+        clean(&finding.rule_id),
+        clean(&finding.title),
+        process_label(&finding.process),
+        finding_trigger(finding),
+    );
+    if use_colour {
+        format!("{}{line}{RESET}", colour(finding.severity))
+    } else {
+        line
+    }
+}
+
+/// `time host kind name[pid] exec-id detail`.
+pub fn event_line(event: &Event) -> String {
+    let detail = match &event.detail {
+        EventDetail::Exec(_) => command_line(&event.process),
+        EventDetail::Connect(connect) => connect_text(connect),
+        EventDetail::Exit(exit) => exit_text(exit),
+        EventDetail::Fork(_) => format!("forked from pid {}", event.process.ppid),
+    };
+    format!(
+        "{} {} {:<8} {} | {}",
+        short_time(event.time),
+        clean(&event.host),
+        event.kind().as_str(),
+        process_label(&event.process),
+        detail
+    )
+}
+
+/// The key trigger: the destination of a connection, how a process ended, or the command
+/// line for everything else.
+fn finding_trigger(finding: &Finding) -> String {
+    match finding.triggers.first().map(|trigger| &trigger.detail) {
+        Some(EventDetail::Connect(connect)) => connect_text(connect),
+        Some(EventDetail::Exit(exit)) => exit_text(exit),
+        Some(EventDetail::Exec(_) | EventDetail::Fork(_)) | None => command_line(&finding.process),
+    }
+}
+
+fn process_label(process: &Process) -> String {
+    format!(
+        "{}[{}] {}",
+        clean(&process.name),
+        process.pid,
+        process.exec_id
+    )
+}
+
+fn connect_text(connect: &ConnectEvent) -> String {
+    let destination = SocketAddr::new(connect.destination_ip, connect.destination_port);
+    let mut text = format!(
+        "-> {destination}/{} {}",
+        connect.protocol.as_str(),
+        outcome_str(connect.outcome)
+    );
+    if let Some(errno) = connect.errno {
+        let _ = write!(text, " (errno {errno})");
+    }
+    text
+}
+
+fn outcome_str(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Ok => "ok",
+        Outcome::Refused => "refused",
+        Outcome::TimedOut => "timed_out",
+        Outcome::Denied => "denied",
+        Outcome::Error => "error",
+        Outcome::Pending => "pending",
+    }
+}
+
+fn exit_text(exit: &ExitEvent) -> String {
+    let mut text = match (exit.exit_code, exit.signal) {
+        (_, Some(signal)) => format!("killed by signal {signal}"),
+        (Some(code), None) => format!("exit code {code}"),
+        (None, None) => "exited".to_string(),
+    };
+    if exit.core_dumped {
+        text.push_str(" (core dumped)");
+    }
+    text
+}
+
+fn command_line(process: &Process) -> String {
+    let mut text = truncate(&clean(&process.command_line()), COMMAND_LINE_CHARS);
+    if process.argv_truncated && !text.ends_with('…') {
+        text.push('…');
+    }
+    text
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Escapes control characters: argv and names come from watched processes, which must not be
+/// able to drive the operator's terminal.
+fn clean(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// UTC, millisecond precision: `2024-05-01 12:34:56.789Z`.
+fn short_time(time: Timestamp) -> String {
+    chrono::DateTime::from_timestamp_nanos(time.unix_nanos())
+        .format("%Y-%m-%d %H:%M:%S%.3fZ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::*;
+
+    fn process(argv: Vec<String>) -> Process {
+        Process {
+            exec_id: "0000abcd-4242-777-1".parse().unwrap(),
+            pid: 4242,
+            ppid: 1,
+            parent_exec_id: None,
+            name: "python3".into(),
+            exe: "/usr/bin/python3".into(),
+            invoked_path: None,
+            argv,
+            argv_truncated: false,
+            argv_source: ArgvSource::Kernel,
+            cwd: None,
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            loginuid: None,
+            user: None,
+            tty: None,
+            cgroup_id: 0,
+            container_id: None,
+            start_time: Timestamp::from_unix_nanos(0),
+            sha256: None,
+        }
+    }
+
+    fn connect(ip: &str) -> EventDetail {
+        EventDetail::Connect(ConnectEvent {
+            family: SocketFamily::Ipv6,
+            protocol: TransportProtocol::Tcp,
+            destination_ip: ip.parse().unwrap(),
+            destination_port: 443,
+            source_ip: None,
+            source_port: None,
+            outcome: Outcome::Refused,
+            errno: Some(111),
+            hook: ConnectHook::Connect,
+            late_outcome: false,
+        })
+    }
+
+    fn finding(severity: Severity, triggers: Vec<Trigger>, argv: Vec<String>) -> Finding {
+        let process = process(argv);
+        Finding {
+            id: FindingId::new(
+                "web-1",
+                &process.exec_id,
+                Detector::Heuristic,
+                "script-egress",
+            ),
+            time: Timestamp::from_unix_nanos(1_700_000_000_123_456_789),
+            host: "web-1".into(),
+            detector: Detector::Heuristic,
+            rule_id: "script-egress".into(),
+            title: "Script engine connected out".into(),
+            description: None,
+            author: None,
+            severity,
+            tags: vec![],
+            process,
+            ancestry: vec![],
+            triggers,
+            recommended_actions: vec![],
+        }
+    }
+
+    #[test]
+    fn a_connect_finding_shows_who_and_where() {
+        let trigger = Trigger {
+            time: Timestamp::from_unix_nanos(0),
+            detail: connect("2001:db8::1"),
+        };
+        let line = finding_line(&finding(Severity::High, vec![trigger], vec![]), false);
+        assert_eq!(
+            line,
+            "2023-11-14 22:13:20.123Z web-1 HIGH     script-egress: Script engine connected out \
+             | python3[4242] 0000abcd-4242-777-1 | -> [2001:db8::1]:443/tcp refused (errno 111)"
+        );
+    }
+
+    #[test]
+    fn colour_follows_severity_and_can_be_off() {
+        let plain = finding_line(&finding(Severity::Critical, vec![], vec![]), false);
+        assert!(!plain.contains('\x1b'));
+        let critical = finding_line(&finding(Severity::Critical, vec![], vec![]), true);
+        assert!(critical.starts_with("\x1b[1;35m") && critical.ends_with(RESET));
+        let low = finding_line(&finding(Severity::Low, vec![], vec![]), true);
+        assert!(low.starts_with("\x1b[36m"));
+    }
+
+    #[test]
+    fn long_command_lines_are_cut_and_control_characters_escaped() {
+        let argv = vec![
+            "sh".into(),
+            "-c".into(),
+            format!("\x1b[2J{}", "x".repeat(300)),
+        ];
+        let line = finding_line(&finding(Severity::Medium, vec![], argv), false);
+        let trigger = line.rsplit(" | ").next().unwrap();
+        assert!(!line.contains('\x1b'));
+        assert!(trigger.starts_with("sh -c \\u{1b}[2J"));
+        assert!(trigger.ends_with('…'));
+        assert_eq!(trigger.chars().count(), COMMAND_LINE_CHARS + 1);
+    }
+
+    #[test]
+    fn event_lines_describe_each_kind() {
+        let event = |detail| Event {
+            time: Timestamp::from_unix_nanos(0),
+            host: "h".into(),
+            process: process(vec!["curl".into(), "http://x".into()]),
+            ancestry: vec![],
+            detail,
+        };
+        let exec = event_line(&event(EventDetail::Exec(ExecEvent::default())));
+        assert!(
+            exec.contains(" exec ") && exec.ends_with("| curl http://x"),
+            "{exec}"
+        );
+        let exit = event_line(&event(EventDetail::Exit(ExitEvent::from_wait_status(9))));
+        assert!(exit.ends_with("| killed by signal 9"), "{exit}");
+        let exit = event_line(&event(EventDetail::Exit(ExitEvent::from_wait_status(
+            2 << 8,
+        ))));
+        assert!(exit.ends_with("| exit code 2"), "{exit}");
+        let conn = event_line(&event(connect("::1")));
+        assert!(
+            conn.ends_with("| -> [::1]:443/tcp refused (errno 111)"),
+            "{conn}"
+        );
+    }
+}

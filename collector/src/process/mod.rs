@@ -1,0 +1,6 @@
+//! The process table: every live process with its ancestry, kept exact from fork/exec/exit
+//! and reconciled with the platform's live set.
+
+mod table;
+
+pub use table::{ProcessTable, TableStats};

@@ -1,0 +1,519 @@
+//! The publisher: where findings, events and heartbeats leave the collector.
+//!
+//! - **Findings** are appended to a bounded on-disk [spool](spool) first, then delivered by a
+//!   single sender task to the JetStream stream `OSPREY_FINDINGS`, strictly in order, with
+//!   `Nats-Msg-Id` = the finding id. A finding leaves the spool only after its PubAck, so NATS
+//!   outages (at start or mid-run) and collector restarts lose nothing, and a lost ack is
+//!   de-duplicated by the stream.
+//! - **Events** and **heartbeats** go out with core NATS, best effort. [`Publisher::event`]
+//!   never blocks nor touches the disk: it queues into a bounded channel and counts what does
+//!   not fit, or what arrives while NATS is away, in `events_dropped`.
+//! - **`--output jsonl`** prints findings (and optionally events) as JSON lines on stdout from
+//!   a dedicated thread.
+//!
+//! ```no_run
+//! # async fn run(cfg: collector::publish::PublisherConfig) -> Result<(), collector::publish::PublishError> {
+//! use collector::publish::Publisher;
+//! let (publisher, task) = Publisher::start(cfg).await?;
+//! // ... the pipeline calls publisher.finding(..), publisher.event(..), publisher.heartbeat(..)
+//! let final_stats = task.shutdown(std::time::Duration::from_secs(5)).await;
+//! # let _ = final_stats; Ok(()) }
+//! ```
+
+mod jsonl;
+mod nats;
+pub mod spool;
+
+use std::{
+    io,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use protocol::{subject, Event, Finding, Heartbeat};
+use tokio::{
+    sync::{mpsc, watch, Notify},
+    task::JoinHandle,
+};
+
+pub use jsonl::JsonlOptions;
+pub use nats::NatsConfig;
+pub use spool::{SpoolConfig, SpoolError};
+
+use jsonl::{JsonlSink, JsonlWriter, NotQueued};
+use nats::{CoreMessage, FindingSender};
+use spool::Spool;
+
+/// Events and heartbeats waiting for the core sender before new ones are dropped.
+const CORE_QUEUE: usize = 8192;
+
+/// Everything the publisher needs; built by the collector from its config file and flags.
+#[derive(Clone, Debug)]
+pub struct PublisherConfig {
+    /// Host name; subjects carry its NATS-safe token ([`protocol::subject::host_token`]).
+    pub host: String,
+    /// `None`: no NATS at all (jsonl only); the spool is then not used either.
+    pub nats: Option<NatsConfig>,
+    /// Publish every event on `osprey.events.<host>.<kind>` (core NATS).
+    pub publish_events: bool,
+    /// `--output jsonl`.
+    pub jsonl: Option<JsonlOptions>,
+    pub spool: SpoolConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot read NATS credentials file {path}: {source}")]
+    Credentials { path: PathBuf, source: io::Error },
+    #[error("invalid NATS server address {url:?}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("cannot start the jsonl output thread: {0}")]
+    JsonlThread(io::Error),
+}
+
+/// Counters since start. Heartbeats carry them; nothing is dropped without being counted here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublisherStats {
+    /// Findings waiting in the spool for a JetStream ack.
+    pub spool_depth: u64,
+    /// Findings evicted, oldest first, from a full spool before they were acknowledged.
+    pub spool_evicted: u64,
+    /// Findings the disk refused to spool; they are held in memory instead.
+    pub spool_write_errors: u64,
+    /// Findings acknowledged by JetStream (a re-sent duplicate counts once per ack).
+    pub findings_published: u64,
+    /// Findings that could not be encoded, or whose spooled copy was unreadable.
+    pub findings_failed: u64,
+    /// Events handed to the NATS client while connected (core NATS: not a delivery receipt).
+    pub events_published: u64,
+    /// Events not published or not printed: queue full, NATS away, or output closed.
+    pub events_dropped: u64,
+    /// Heartbeats not published (queue full or NATS away).
+    pub heartbeats_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    findings_published: AtomicU64,
+    findings_failed: AtomicU64,
+    events_published: AtomicU64,
+    events_dropped: AtomicU64,
+    heartbeats_dropped: AtomicU64,
+}
+
+/// A cheap handle for the pipeline. All methods are synchronous and never wait on the network.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    host: String,
+    publish_events: bool,
+    counters: Arc<Counters>,
+    /// Present when NATS is configured.
+    spool: Option<Arc<Mutex<Spool>>>,
+    wake: Arc<Notify>,
+    core: Option<mpsc::Sender<CoreMessage>>,
+    jsonl: Option<(JsonlSink, JsonlOptions)>,
+}
+
+/// The background side of a [`Publisher`]; stop it with [`PublisherTask::shutdown`].
+pub struct PublisherTask {
+    shutdown: watch::Sender<bool>,
+    finding_sender: Option<JoinHandle<()>>,
+    core_sender: Option<JoinHandle<()>>,
+    jsonl: Option<JsonlWriter>,
+    publisher: Publisher,
+}
+
+impl Publisher {
+    /// Opens the spool, connects to NATS in the background and starts the senders. It does
+    /// not wait for NATS: a server that is down only delays delivery. Fails only on local
+    /// problems (spool directory, credentials file, malformed URL, thread creation).
+    pub async fn start(
+        config: PublisherConfig,
+    ) -> Result<(Publisher, PublisherTask), PublishError> {
+        Self::start_with_output(config, Box::new(io::stdout())).await
+    }
+
+    async fn start_with_output(
+        config: PublisherConfig,
+        out: Box<dyn io::Write + Send>,
+    ) -> Result<(Publisher, PublisherTask), PublishError> {
+        let counters = Arc::new(Counters::default());
+        let wake = Arc::new(Notify::new());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+        let mut spool = None;
+        let mut core = None;
+        let mut finding_sender = None;
+        let mut core_sender = None;
+        if let Some(nats_config) = &config.nats {
+            let opened = Arc::new(Mutex::new(Spool::open(&config.spool)?));
+            let connected = Arc::new(Notify::new());
+            let nats_client = nats::connect(nats_config, &config.host, connected.clone()).await?;
+            let sender = FindingSender {
+                client: nats_client.clone(),
+                host: config.host.clone(),
+                config: nats_config.clone(),
+                spool: opened.clone(),
+                counters: counters.clone(),
+                wake: wake.clone(),
+                connected,
+                shutdown: shutdown_rx.clone(),
+            };
+            finding_sender = Some(tokio::spawn(sender.run()));
+            let (tx, rx) = mpsc::channel(CORE_QUEUE);
+            core_sender = Some(tokio::spawn(nats::run_core_sender(
+                nats_client.clone(),
+                rx,
+                counters.clone(),
+                shutdown_rx.clone(),
+            )));
+            core = Some(tx);
+            spool = Some(opened);
+        }
+
+        let (jsonl, jsonl_writer) = match config.jsonl {
+            Some(options) => {
+                let (sink, writer) = jsonl::spawn(out).map_err(PublishError::JsonlThread)?;
+                (Some((sink, options)), Some(writer))
+            }
+            None => (None, None),
+        };
+
+        let publisher = Publisher {
+            inner: Arc::new(Inner {
+                host: config.host,
+                publish_events: config.publish_events,
+                counters,
+                spool,
+                wake,
+                core,
+                jsonl,
+            }),
+        };
+        let task = PublisherTask {
+            shutdown: shutdown_tx,
+            finding_sender,
+            core_sender,
+            jsonl: jsonl_writer,
+            publisher: publisher.clone(),
+        };
+        Ok((publisher, task))
+    }
+
+    /// Queues an event for core NATS (when enabled) and for jsonl (when enabled). Never
+    /// blocks; what cannot be queued is counted in `events_dropped`.
+    pub fn event(&self, event: &Event) {
+        let inner = &self.inner;
+        if inner.publish_events {
+            if let Some(core) = &inner.core {
+                match protocol::encode(event) {
+                    Ok(payload) => {
+                        let message = CoreMessage {
+                            subject: subject::events(&inner.host, event.kind()),
+                            payload: Bytes::from(payload),
+                            is_event: true,
+                        };
+                        if core.try_send(message).is_err() {
+                            inner.count_event_drop();
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot encode an event");
+                        inner.count_event_drop();
+                    }
+                }
+            }
+        }
+        if let Some((sink, options)) = &inner.jsonl {
+            if options.events {
+                let queued = match serde_json::to_string(event) {
+                    Ok(line) => sink.try_line(line),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot render an event as JSON");
+                        Err(NotQueued::Closed)
+                    }
+                };
+                if queued.is_err() {
+                    inner.count_event_drop();
+                }
+            }
+        }
+    }
+
+    /// Durably appends a finding to the spool (when NATS is configured) and wakes the sender;
+    /// prints it when jsonl output is on. Does small synchronous disk I/O (write + fsync):
+    /// findings are rare next to events, and durability comes before returning.
+    pub fn finding(&self, finding: &Finding) {
+        let inner = &self.inner;
+        if let Some(spool) = &inner.spool {
+            match protocol::encode(finding) {
+                Ok(payload) => {
+                    lock(spool).append(&payload);
+                    inner.wake.notify_one();
+                }
+                Err(error) => {
+                    tracing::error!(id = %finding.id, %error, "cannot encode a finding; it is not published");
+                    inner
+                        .counters
+                        .findings_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let Some((sink, _)) = &inner.jsonl {
+            let printed = match serde_json::to_string(finding) {
+                Ok(line) => sink.line(line).is_ok(),
+                Err(error) => {
+                    tracing::error!(id = %finding.id, %error, "cannot render a finding as JSON");
+                    false
+                }
+            };
+            if !printed && inner.spool.is_none() {
+                // jsonl was its only output.
+                inner
+                    .counters
+                    .findings_failed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Queues a heartbeat for `osprey.heartbeat.<host>` (core NATS). Never blocks; a heartbeat
+    /// that cannot go now is counted in `heartbeats_dropped` (the next one carries fresher
+    /// numbers anyway).
+    pub fn heartbeat(&self, heartbeat: &Heartbeat) {
+        let inner = &self.inner;
+        let Some(core) = &inner.core else { return };
+        let queued = match protocol::encode(heartbeat) {
+            Ok(payload) => core
+                .try_send(CoreMessage {
+                    subject: subject::heartbeat(&inner.host),
+                    payload: Bytes::from(payload),
+                    is_event: false,
+                })
+                .is_ok(),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a heartbeat");
+                false
+            }
+        };
+        if !queued {
+            inner
+                .counters
+                .heartbeats_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn stats(&self) -> PublisherStats {
+        let inner = &self.inner;
+        let (spool_depth, spool_evicted, spool_write_errors) = match &inner.spool {
+            Some(spool) => {
+                let spool = lock(spool);
+                (spool.len() as u64, spool.evicted(), spool.write_errors())
+            }
+            None => (0, 0, 0),
+        };
+        let counters = &inner.counters;
+        PublisherStats {
+            spool_depth,
+            spool_evicted,
+            spool_write_errors,
+            findings_published: counters.findings_published.load(Ordering::Relaxed),
+            findings_failed: counters.findings_failed.load(Ordering::Relaxed),
+            events_published: counters.events_published.load(Ordering::Relaxed),
+            events_dropped: counters.events_dropped.load(Ordering::Relaxed),
+            heartbeats_dropped: counters.heartbeats_dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Inner {
+    fn count_event_drop(&self) {
+        self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl PublisherTask {
+    /// Stops the publisher: delivers what it can of the spool (while NATS acknowledges),
+    /// publishes queued events and heartbeats, flushes jsonl output, and returns the final
+    /// counters. Waits at most `grace` for NATS; undelivered findings stay in the spool for
+    /// the next start. Publisher handles still alive afterwards keep spooling findings
+    /// (delivered next start) and count events as dropped.
+    pub async fn shutdown(mut self, grace: Duration) -> PublisherStats {
+        // Receivers see the change; send_replace works even when no receiver is left.
+        self.shutdown.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        for (name, handle) in [
+            ("findings sender", self.finding_sender.take()),
+            ("events sender", self.core_sender.take()),
+        ] {
+            let Some(mut handle) = handle else { continue };
+            match tokio::time::timeout_at(deadline, &mut handle).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "publisher {name} task failed"),
+                Err(_) => {
+                    // Aborting is safe: a spooled finding is only deleted after its ack.
+                    tracing::warn!("publisher {name} did not finish within {grace:?}; stopping it");
+                    handle.abort();
+                }
+            }
+        }
+        if let Some(writer) = self.jsonl.take() {
+            if let Err(error) = tokio::task::spawn_blocking(move || writer.finish()).await {
+                tracing::error!(%error, "jsonl output did not finish cleanly");
+            }
+        }
+        let stats = self.publisher.stats();
+        if stats.spool_depth > 0 {
+            tracing::warn!(
+                spool_depth = stats.spool_depth,
+                "publisher stopped with findings still spooled; they are delivered on next start"
+            );
+        }
+        stats
+    }
+}
+
+/// The spool's state stays consistent even if a holder panicked (every mutation is
+/// completed before the next begins), so a poisoned lock is still usable.
+fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
+    spool.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::*;
+    use std::sync::Mutex as StdMutex;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<StdMutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn process() -> Process {
+        Process {
+            exec_id: "0000abcd-10-20-1".parse().unwrap(),
+            pid: 10,
+            ppid: 1,
+            parent_exec_id: None,
+            name: "python3".into(),
+            exe: "/usr/bin/python3".into(),
+            invoked_path: None,
+            argv: vec!["python3".into()],
+            argv_truncated: false,
+            argv_source: ArgvSource::Kernel,
+            cwd: None,
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            loginuid: None,
+            user: None,
+            tty: None,
+            cgroup_id: 0,
+            container_id: None,
+            start_time: Timestamp::from_unix_nanos(1),
+            sha256: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn jsonl_prints_findings_always_and_events_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        for events in [false, true] {
+            let out = Captured::default();
+            let config = PublisherConfig {
+                host: "h".into(),
+                nats: None,
+                publish_events: true,
+                jsonl: Some(JsonlOptions { events }),
+                spool: SpoolConfig {
+                    dir: dir.path().join("spool"),
+                    max_bytes: 1 << 20,
+                    max_findings: 10,
+                },
+            };
+            let (publisher, task) = Publisher::start_with_output(config, Box::new(out.clone()))
+                .await
+                .unwrap();
+            let event = Event {
+                time: Timestamp::from_unix_nanos(2),
+                host: "h".into(),
+                process: process(),
+                ancestry: vec![],
+                detail: EventDetail::Exit(ExitEvent::from_wait_status(0)),
+            };
+            let finding = Finding {
+                id: FindingId::new("h", &process().exec_id, Detector::Heuristic, "r"),
+                time: Timestamp::from_unix_nanos(3),
+                host: "h".into(),
+                detector: Detector::Heuristic,
+                rule_id: "r".into(),
+                title: "t".into(),
+                description: None,
+                author: None,
+                severity: Severity::High,
+                tags: vec![],
+                process: process(),
+                ancestry: vec![],
+                triggers: vec![],
+                recommended_actions: vec![],
+            };
+            publisher.event(&event);
+            publisher.finding(&finding);
+            let stats = task.shutdown(Duration::from_secs(5)).await;
+            assert_eq!(stats.events_dropped, 0);
+
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect();
+            let kinds: Vec<&str> = lines
+                .iter()
+                .map(|v| {
+                    if v.get("rule_id").is_some() {
+                        "finding"
+                    } else {
+                        "event"
+                    }
+                })
+                .collect();
+            if events {
+                assert_eq!(kinds, ["event", "finding"]);
+                assert_eq!(lines[0]["kind"], "exit");
+            } else {
+                assert_eq!(kinds, ["finding"]);
+            }
+            assert_eq!(lines.last().unwrap()["id"], finding.id.0.as_str());
+            // Without NATS nothing is spooled.
+            assert!(!dir.path().join("spool").exists());
+        }
+    }
+}

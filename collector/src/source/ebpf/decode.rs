@@ -1,0 +1,137 @@
+//! Decoding ring-buffer records into typed values.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use sensor_common::*;
+
+/// A record from the ring buffer, copied out of it.
+pub enum Record {
+    Exec(Box<ExecRecord>),
+    Fork(ForkRecord),
+    Exit(ExitRecord),
+    ConnectAttempt(ConnectAttemptRecord),
+    SyscallResult(SyscallResultRecord),
+    TcpOutcome(TcpOutcomeRecord),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer record of {len} bytes is too short for a header")]
+    Short { len: usize },
+    #[error("ring buffer record has unknown kind {0}")]
+    UnknownKind(u32),
+    #[error("{kind:?} record of {len} bytes is shorter than its {need} fixed bytes")]
+    Truncated { kind: RecordKind, len: usize, need: usize },
+}
+
+/// Reads a `T` from the start of `bytes`; the caller checked the length.
+fn read<T: Copy>(bytes: &[u8]) -> T {
+    debug_assert!(bytes.len() >= std::mem::size_of::<T>());
+    // SAFETY: `T` is a `#[repr(C)]` plain-old-data record and `bytes` holds at least
+    // `size_of::<T>()` bytes; `read_unaligned` copes with the ring buffer's 8-byte alignment.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) }
+}
+
+fn fixed<T: Copy>(bytes: &[u8], kind: RecordKind) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Truncated { kind, len: bytes.len(), need });
+    }
+    Ok(read(bytes))
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() < std::mem::size_of::<RecordHeader>() {
+        return Err(DecodeError::Short { len: bytes.len() });
+    }
+    let header: RecordHeader = read(bytes);
+    let kind = RecordKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    Ok(match kind {
+        RecordKind::Exec => {
+            // Only the used part of argv is sent: copy into a zeroed full-size record.
+            if bytes.len() < EXEC_RECORD_FIXED {
+                return Err(DecodeError::Truncated { kind, len: bytes.len(), need: EXEC_RECORD_FIXED });
+            }
+            let mut full = vec![0u8; std::mem::size_of::<ExecRecord>()];
+            let n = bytes.len().min(full.len());
+            full[..n].copy_from_slice(&bytes[..n]);
+            let mut rec: Box<ExecRecord> = Box::new(read(&full));
+            rec.argv_len = rec.argv_len.min((n - EXEC_RECORD_FIXED) as u32);
+            Record::Exec(rec)
+        }
+        RecordKind::Fork => Record::Fork(fixed(bytes, kind)?),
+        RecordKind::Exit => Record::Exit(fixed(bytes, kind)?),
+        RecordKind::ConnectAttempt => Record::ConnectAttempt(fixed(bytes, kind)?),
+        RecordKind::SyscallResult => Record::SyscallResult(fixed(bytes, kind)?),
+        RecordKind::TcpOutcome => Record::TcpOutcome(fixed(bytes, kind)?),
+    })
+}
+
+/// A NUL-terminated string from a fixed buffer (lossy UTF-8).
+pub fn c_str(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// argv as NUL-separated strings.
+pub fn argv(buf: &[u8], len: u32, argc: u32) -> Vec<String> {
+    let used = &buf[..(len as usize).min(buf.len())];
+    used.split(|&b| b == 0)
+        .take(argc as usize)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// A path rebuilt in the kernel: components leaf first, NUL-terminated.
+pub fn dentry_path(path: &DentryPath) -> Option<String> {
+    if path.depth == 0 {
+        return None;
+    }
+    let used = &path.buf[..(path.len as usize).min(path.buf.len())];
+    let mut components: Vec<&[u8]> = used.split(|&b| b == 0).filter(|c| !c.is_empty()).collect();
+    components.truncate(path.depth as usize);
+    components.reverse();
+    let mut out = String::new();
+    for c in components {
+        out.push('/');
+        out.push_str(&String::from_utf8_lossy(c));
+    }
+    Some(out)
+}
+
+pub fn ip(family: u16, addr: &[u8; 16]) -> IpAddr {
+    if family == 2 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    }
+}
+
+/// The kernel's internal `dev_t` (major << 20 | minor) as userspace `st_dev`.
+pub fn kernel_dev_to_user(dev: u32) -> u64 {
+    libc::makedev(dev >> 20, dev & 0xfffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebuilds_paths_leaf_first_and_argv() {
+        let mut p = DentryPath { len: 0, depth: 3, buf: [0; PATH_MAX_BYTES] };
+        let raw = b"python3.11\0bin\0usr\0";
+        p.buf[..raw.len()].copy_from_slice(raw);
+        p.len = raw.len() as u32;
+        assert_eq!(dentry_path(&p).as_deref(), Some("/usr/bin/python3.11"));
+        assert_eq!(argv(b"a\0b c\0\0", 6, 2), vec!["a".to_string(), "b c".to_string()]);
+        assert_eq!(argv(b"a\0\0x\0", 5, 3), vec!["a", "", "x"]);
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(decode(&[0; 4]).err(), Some(DecodeError::Short { len: 4 }));
+        let mut bytes = [0u8; 32];
+        bytes[0] = 99;
+        assert_eq!(decode(&bytes).err(), Some(DecodeError::UnknownKind(99)));
+    }
+}

@@ -1,0 +1,333 @@
+//! The Linux source: eBPF programs (tracepoints for process lifecycle, cgroup sock_addr hooks
+//! for connects) streaming records through one ring buffer, plus /proc for what predates them.
+
+mod btf;
+mod connect;
+mod decode;
+mod offsets;
+mod preflight;
+pub mod procfs;
+mod tracefs;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use protocol::{ExitEvent, Timestamp};
+use sensor_common::{DropKind, EXEC_ARGV_FROM_KERNEL, EXEC_ARGV_TRUNCATED, EXEC_HAS_TTY};
+use tokio::io::unix::AsyncFd;
+
+use self::{connect::ConnectJoiner, decode::Record};
+use super::{
+    EventSource, ExecRecord, ExitRecord, FileId, ForkRecord, ProcessKey, SensorEvent,
+    SourceError, SourceOptions, SourceStats,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/osprey-sensor.bpf.o"));
+
+/// Tracepoints the programs attach to: (program, category, tracepoint).
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
+    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    ("sys_exit_sendmmsg", "syscalls", "sys_exit_sendmmsg"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+];
+
+const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
+struct BootClock {
+    /// CLOCK_REALTIME − CLOCK_BOOTTIME, in ns.
+    offset_ns: i64,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+impl BootClock {
+    fn now() -> Self {
+        BootClock { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME) }
+    }
+    fn wall(&self, boot_ns: u64) -> Timestamp {
+        Timestamp::from_unix_nanos(boot_ns as i64 + self.offset_ns)
+    }
+}
+
+pub struct EbpfSource {
+    /// Keeps the programs loaded and attached.
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
+    cgroup_root: PathBuf,
+    expiry: tokio::time::Interval,
+    translator: Translator,
+}
+
+/// Turns ring-buffer records into [`SensorEvent`]s (separate from the ring so both can be
+/// borrowed at once while draining).
+struct Translator {
+    joiner: ConnectJoiner,
+    clock: BootClock,
+    clock_refreshed: Instant,
+    /// Nanoseconds per clock tick (USER_HZ), for start times in /proc's units.
+    ns_per_tick: u64,
+    connects: Vec<super::ConnectRecord>,
+}
+
+fn load_error(context: &str, err: impl std::fmt::Debug) -> SourceError {
+    SourceError::Other(format!("{context}: {err:?}"))
+}
+
+fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if v > 0 {
+        v as u64
+    } else {
+        100
+    }
+}
+
+impl Translator {
+    fn start_ticks(&self, start_boottime_ns: u64) -> u64 {
+        start_boottime_ns / self.ns_per_tick
+    }
+
+    fn exec(&self, r: &sensor_common::ExecRecord) -> ExecRecord {
+        let from_kernel = r.flags & EXEC_ARGV_FROM_KERNEL != 0;
+        let pid = r.header.pid;
+        // Without kernel argv (staging lost, or execve before the sensor started) fall back
+        // to /proc while the process is still there.
+        let argv = if from_kernel {
+            Some(decode::argv(&r.argv, r.argv_len, r.argc))
+        } else {
+            procfs::read_cmdline(pid)
+        };
+        let comm = decode::c_str(&r.comm);
+        ExecRecord {
+            time: self.clock.wall(r.header.boot_ns),
+            process: ProcessKey { pid, start_ticks: self.start_ticks(r.start_boottime) },
+            ppid: Some(r.ppid),
+            uid: r.uid,
+            euid: r.euid,
+            gid: r.gid,
+            loginuid: (r.loginuid != u32::MAX).then_some(r.loginuid),
+            invoked_path: Some(decode::c_str(&r.filename)).filter(|s| !s.is_empty()),
+            exe: decode::dentry_path(&r.exe),
+            comm,
+            argv,
+            argv_truncated: r.flags & EXEC_ARGV_TRUNCATED != 0,
+            cwd: decode::dentry_path(&r.cwd),
+            tty: (r.flags & EXEC_HAS_TTY != 0).then(|| decode::c_str(&r.tty)),
+            cgroup_id: r.cgroup_id,
+            exe_file: (r.exe_ino != 0).then(|| FileId {
+                dev: decode::kernel_dev_to_user(r.exe_dev),
+                ino: r.exe_ino,
+            }),
+        }
+    }
+
+    fn handle(&mut self, bytes: &[u8], now: Instant, out: &mut Vec<SensorEvent>) {
+        let record = match decode::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("skipping ring buffer record: {e}");
+                return;
+            }
+        };
+        match record {
+            Record::Exec(r) => out.push(SensorEvent::Exec(self.exec(&r))),
+            Record::Fork(r) => out.push(SensorEvent::Fork(ForkRecord {
+                time: self.clock.wall(r.header.boot_ns),
+                child: ProcessKey { pid: r.child_pid, start_ticks: self.start_ticks(r.child_start_boottime) },
+                ppid: r.header.pid,
+            })),
+            Record::Exit(r) => out.push(SensorEvent::Exit(ExitRecord {
+                time: self.clock.wall(r.header.boot_ns),
+                process: ProcessKey { pid: r.header.pid, start_ticks: self.start_ticks(r.start_boottime) },
+                status: ExitEvent::from_wait_status(r.exit_code),
+            })),
+            Record::ConnectAttempt(r) => {
+                let time = self.clock.wall(r.header.boot_ns);
+                self.joiner.attempt(&r, time, now)
+            }
+            Record::SyscallResult(r) => self.joiner.syscall_result(&r, &mut self.connects),
+            Record::TcpOutcome(r) => self.joiner.tcp_outcome(&r, &mut self.connects),
+        }
+        out.extend(self.connects.drain(..).map(SensorEvent::Connect));
+    }
+
+    fn tick(&mut self, out: &mut Vec<SensorEvent>) {
+        let now = Instant::now();
+        self.joiner.expire(now, &mut self.connects);
+        out.extend(self.connects.drain(..).map(SensorEvent::Connect));
+        if now.duration_since(self.clock_refreshed).as_secs() >= 60 {
+            // Follow wall-clock adjustments (NTP, settimeofday).
+            self.clock = BootClock::now();
+            self.clock_refreshed = now;
+        }
+    }
+}
+
+impl EventSource for EbpfSource {
+    fn start(options: &SourceOptions) -> Result<Self, SourceError> {
+        preflight::check_capabilities()?;
+        preflight::check_bpf_syscall()?;
+        preflight::check_kernel_btf()?;
+        let tracefs = preflight::ensure_tracefs()?;
+        preflight::ensure_bpffs()?;
+        let cgroup_root = match &options.cgroup_root {
+            Some(p) => p.clone(),
+            None => preflight::cgroup2_root()?,
+        };
+
+        let offsets = offsets::resolve(Path::new(preflight::KERNEL_BTF), &tracefs)
+            .map_err(|e| SourceError::Unsupported(format!("cannot lay out kernel records: {e}")))?;
+        let collector_tgid = std::process::id();
+        let mut ebpf = EbpfLoader::new()
+            .set_global("OFFSETS", &offsets, true)
+            .set_global("COLLECTOR_TGID", &collector_tgid, true)
+            .set_max_entries("EVENTS", options.buffer_bytes)
+            .load(OBJECT)
+            .map_err(|e| load_error("cannot load the eBPF object", e))?;
+
+        for (prog, category, name) in TRACEPOINTS {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| SourceError::Other(format!("eBPF object lacks program {prog}")))?
+                .try_into()
+                .map_err(|e| load_error(prog, e))?;
+            p.load().map_err(|e| load_error(&format!("verifier rejected {prog}"), e))?;
+            p.attach(category, name).map_err(|e| load_error(&format!("cannot attach {prog} to {category}/{name}"), e))?;
+        }
+        {
+            let p: &mut RawTracePoint = ebpf
+                .program_mut("sched_process_fork")
+                .ok_or_else(|| SourceError::Other("eBPF object lacks sched_process_fork".into()))?
+                .try_into()
+                .map_err(|e| load_error("sched_process_fork", e))?;
+            p.load().map_err(|e| load_error("verifier rejected sched_process_fork", e))?;
+            p.attach("sched_process_fork").map_err(|e| load_error("cannot attach sched_process_fork", e))?;
+        }
+        let cgroup = std::fs::File::open(&cgroup_root).map_err(|source| SourceError::Io {
+            context: format!("cannot open cgroup v2 root {}", cgroup_root.display()),
+            source,
+        })?;
+        for prog in SOCK_ADDR_PROGRAMS {
+            let p: &mut CgroupSockAddr = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| SourceError::Other(format!("eBPF object lacks program {prog}")))?
+                .try_into()
+                .map_err(|e| load_error(prog, e))?;
+            p.load().map_err(|e| load_error(&format!("verifier rejected {prog}"), e))?;
+            // On kernels >= 5.7 aya attaches through a bpf_link, which always has multi-attach
+            // semantics (descendant cgroups — a container runtime's, a test's — can attach
+            // their own) and which rejects any explicit mode flag with EINVAL.
+            p.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| load_error(&format!("cannot attach {prog} to {}", cgroup_root.display()), e))?;
+        }
+
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS").ok_or_else(|| SourceError::Other("eBPF object lacks EVENTS".into()))?,
+        )
+        .map_err(|e| load_error("EVENTS", e))?;
+        let drops = PerCpuArray::try_from(
+            ebpf.take_map("DROPS").ok_or_else(|| SourceError::Other("eBPF object lacks DROPS".into()))?,
+        )
+        .map_err(|e| load_error("DROPS", e))?;
+        // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as
+        // the AsyncFd owns the RingBuf.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| SourceError::Other(format!("cannot poll the ring buffer: {e}")))?;
+        let mut expiry = tokio::time::interval(options.connect_outcome_wait.max(std::time::Duration::from_millis(10)) / 2);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(cgroup = %cgroup_root.display(), ring_bytes = options.buffer_bytes, "eBPF sensor attached");
+        Ok(EbpfSource {
+            _ebpf: ebpf,
+            ring,
+            drops,
+            cgroup_root,
+            expiry,
+            translator: Translator {
+                joiner: ConnectJoiner::new(options.connect_outcome_wait),
+                clock: BootClock::now(),
+                clock_refreshed: Instant::now(),
+                ns_per_tick: 1_000_000_000 / clk_tck(),
+                connects: Vec::new(),
+            },
+        })
+    }
+
+    async fn next_batch(&mut self, out: &mut Vec<SensorEvent>) -> Result<(), SourceError> {
+        let start_len = out.len();
+        while out.len() == start_len {
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.map_err(|source| SourceError::Io { context: "ring buffer poll failed".into(), source })?;
+                    let now = Instant::now();
+                    // Drain what is there; bounded so timers still get their turn.
+                    let ring = guard.get_inner_mut();
+                    let mut drained = false;
+                    for _ in 0..4096 {
+                        let Some(item) = ring.next() else {
+                            drained = true;
+                            break;
+                        };
+                        self.translator.handle(&item, now, out);
+                    }
+                    if drained {
+                        guard.clear_ready();
+                    }
+                }
+                _ = self.expiry.tick() => self.translator.tick(out),
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&mut self) -> SourceStats {
+        let mut stats = SourceStats::default();
+        for kind in DropKind::ALL {
+            let total = self
+                .drops
+                .get(&(kind as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum::<u64>())
+                .unwrap_or(0);
+            stats.drops.insert(kind.name().to_string(), total);
+        }
+        stats
+    }
+
+    fn existing_processes(&mut self) -> Result<Vec<ExecRecord>, SourceError> {
+        let boot = self.translator.clock.offset_ns;
+        let tck = clk_tck();
+        Ok(procfs::pids()
+            .into_iter()
+            .filter(|&pid| pid != std::process::id())
+            .filter_map(|pid| procfs::read_process(pid, boot, tck, Some(&self.cgroup_root)))
+            .collect())
+    }
+
+    fn live_processes(&mut self) -> Result<Vec<ProcessKey>, SourceError> {
+        Ok(procfs::pids()
+            .into_iter()
+            .filter_map(|pid| procfs::read_stat(pid).map(|s| ProcessKey { pid, start_ticks: s.start_ticks }))
+            .collect())
+    }
+}
