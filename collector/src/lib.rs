@@ -1,6 +1,11 @@
 //! The Osprey collector: one per host. See DESIGN.md for the data flow:
 //! source → process table → enrichment → detectors → findings → publisher.
 
+pub mod config;
+pub mod detect;
+pub mod enrich;
+pub mod findings;
+pub mod pipeline;
+pub mod process;
 pub mod publish;
 pub mod source;
-pub mod process;

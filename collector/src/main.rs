@@ -1,1 +1,213 @@
-fn main() {}
+//! `osprey-collector`: the per-host daemon.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use collector::{
+    config::CollectorConfig,
+    detect::{heuristics::Heuristics, Detectors},
+    pipeline::{Pipeline, PipelineOptions},
+    process::ProcessTable,
+    publish::{JsonlOptions, NatsConfig, Publisher, PublisherConfig, SpoolConfig},
+    source::{EventSource, PlatformSource, SourceOptions},
+};
+use protocol::{ArgvSource, BootId};
+
+const DEFAULT_CONFIG: &str = "/etc/osprey/collector.yaml";
+
+/// Osprey's host sensor: streams process and network events from the kernel, scores them,
+/// and publishes findings to NATS.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (YAML).
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Host name used in subjects and findings.
+    #[arg(long)]
+    host: Option<String>,
+    /// NATS server URL.
+    #[arg(long, env = "OSPREY_NATS_URL")]
+    nats: Option<String>,
+    /// Don't use NATS at all (use with --output jsonl).
+    #[arg(long)]
+    no_nats: bool,
+    /// Also print findings and events as JSON lines on stdout.
+    #[arg(long, value_enum)]
+    output: Option<Output>,
+    /// Don't publish or print raw events, only findings and heartbeats.
+    #[arg(long)]
+    no_events: bool,
+    /// Directory of the findings spool (used while NATS is unreachable).
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+    /// Kernel ring buffer size in bytes (power of two).
+    #[arg(long)]
+    ring_buffer_bytes: Option<u32>,
+    /// Destination networks that count as local for the heuristics (comma-separated CIDRs;
+    /// an empty string makes every destination non-local).
+    #[arg(long, value_delimiter = ',')]
+    local_networks: Option<Vec<String>>,
+    /// Seconds between heartbeats.
+    #[arg(long)]
+    heartbeat_interval_secs: Option<u64>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Jsonl,
+}
+
+fn apply(args: &Args, config: &mut CollectorConfig) {
+    if let Some(h) = &args.host {
+        config.host = Some(h.clone());
+    }
+    if let Some(url) = &args.nats {
+        config.nats.url = Some(url.clone());
+    }
+    if args.no_nats {
+        config.nats.url = None;
+    }
+    if args.output == Some(Output::Jsonl) {
+        config.output.jsonl = true;
+        config.output.jsonl_events = !args.no_events;
+    }
+    if args.no_events {
+        config.nats.publish_events = false;
+        config.output.jsonl_events = false;
+    }
+    if let Some(dir) = &args.spool_dir {
+        config.spool.dir = dir.clone();
+    }
+    if let Some(n) = args.ring_buffer_bytes {
+        config.sensor.ring_buffer_bytes = n;
+    }
+    if let Some(nets) = &args.local_networks {
+        config.heuristics.local_networks = nets.iter().filter(|s| !s.is_empty()).cloned().collect();
+    }
+    if let Some(s) = args.heartbeat_interval_secs {
+        config.heartbeat_interval_secs = s;
+    }
+}
+
+fn host_name() -> String {
+    #[cfg(unix)]
+    {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer and its length are valid; gethostname NUL-terminates on success.
+        if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            return String::from_utf8_lossy(&buf[..end]).into_owned();
+        }
+    }
+    std::env::var("COMPUTERNAME").unwrap_or_else(|_| "localhost".into())
+}
+
+fn boot_id() -> BootId {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .and_then(|t| BootId::from_boot_id_text(&t))
+        .unwrap_or(BootId(0))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = CollectorConfig::load(&args.config, args.config != PathBuf::from(DEFAULT_CONFIG))?;
+    apply(&args, &mut config);
+    config.validate(&args.config)?;
+    let host = config.host.clone().unwrap_or_else(host_name);
+    let local = config
+        .local_networks()
+        .map_err(|e| anyhow::anyhow!("heuristics.local_networks: {e}"))?;
+
+    // Attach the probes first: everything from here on is captured.
+    let source = PlatformSource::start(&SourceOptions {
+        buffer_bytes: config.sensor.ring_buffer_bytes,
+        connect_outcome_wait: config.connect_outcome_wait(),
+        cgroup_root: config.sensor.cgroup_root.clone(),
+    })?;
+
+    let (publisher, publisher_task) = Publisher::start(PublisherConfig {
+        host: host.clone(),
+        nats: config.nats.url.as_ref().map(|url| NatsConfig {
+            credentials: config.nats.credentials.clone(),
+            ..NatsConfig::new(url.clone())
+        }),
+        publish_events: config.nats.publish_events,
+        jsonl: config.output.jsonl.then_some(JsonlOptions { events: config.output.jsonl_events }),
+        spool: SpoolConfig {
+            dir: config.spool.dir.clone(),
+            max_bytes: config.spool.max_bytes,
+            max_findings: config.spool.max_findings,
+        },
+    })
+    .await
+    .context("cannot start the publisher")?;
+
+    let pipeline = Pipeline::new(
+        PipelineOptions {
+            host: host.clone(),
+            heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
+            reconcile_interval: Duration::from_secs(config.process_table.reconcile_interval_secs.max(1)),
+            argv_source: if cfg!(windows) { ArgvSource::Os } else { ArgvSource::Kernel },
+        },
+        source,
+        ProcessTable::new(boot_id(), config.process_table.capacity),
+        Detectors { heuristics: Heuristics::new(&config.heuristics, local) },
+        publisher,
+    )?;
+    tracing::info!(host, nats = ?config.nats.url, "osprey-collector running");
+    let result = pipeline.run(shutdown_signal()).await;
+    let stats = publisher_task.shutdown(Duration::from_secs(3)).await;
+    tracing::info!(spool_depth = stats.spool_depth, "osprey-collector stopped");
+    result?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -48,13 +48,13 @@ pub fn split(command_line: &str) -> Vec<String> {
                     if chars.peek() == Some(&'"') {
                         // 2n backslashes + quote: n backslashes, and the quote delimits;
                         // 2n+1: n backslashes and a literal quote.
-                        arg.extend(std::iter::repeat('\\').take(backslashes / 2));
+                        arg.extend(std::iter::repeat_n('\\', backslashes / 2));
                         if backslashes % 2 == 1 {
                             chars.next();
                             arg.push('"');
                         }
                     } else {
-                        arg.extend(std::iter::repeat('\\').take(backslashes));
+                        arg.extend(std::iter::repeat_n('\\', backslashes));
                     }
                 }
                 '"' => {

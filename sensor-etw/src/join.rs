@@ -38,7 +38,7 @@ enum Slot {
         start: ProcessStart,
         deadline: Instant,
     },
-    /// A waiting start already released (by `set_wait(None)` or the size bound).
+    /// Placeholder while a slot is rewritten in place; never left in the queue.
     Taken,
 }
 
@@ -86,12 +86,15 @@ impl CommandLineJoin {
     pub fn set_wait(&mut self, wait: Option<Duration>) {
         self.wait = wait;
         if wait.is_none() {
-            let now = Instant::now();
             for slot in &mut self.queue {
-                if let Slot::Waiting { deadline, .. } = slot {
-                    *deadline = now;
+                if let Slot::Waiting { .. } = slot {
+                    if let Slot::Waiting { start, .. } = std::mem::replace(slot, Slot::Taken) {
+                        *slot = Slot::Ready(EtwRecord::ProcessStart(start));
+                        self.stats.missing += 1;
+                    }
                 }
             }
+            self.waiting.clear();
         }
     }
 

@@ -82,7 +82,7 @@ pub(crate) async fn connect(
                     async_nats::Event::Disconnected => {
                         tracing::warn!(%url, "NATS disconnected; findings are spooled until it returns")
                     }
-                    other => tracing::info!(%url, event = %other, "NATS"),
+                    other => tracing::debug!(%url, event = %other, "NATS"),
                 }
             }
         })
@@ -129,6 +129,8 @@ enum DeliveryError {
     Publish(#[from] jetstream::context::PublishError),
 }
 
+const WARN_AFTER_FAILURES: u32 = 2;
+
 /// The single task that moves findings from the spool to JetStream, oldest first.
 pub(crate) struct FindingSender {
     pub(crate) client: Client,
@@ -156,7 +158,9 @@ impl FindingSender {
         let mut stopping = *self.shutdown.borrow();
         let mut stream_ready = false;
         let mut backoff = Backoff::new();
-        let mut failing_since_depth: Option<usize> = None;
+        // Consecutive failed attempts; the first one alone is not worth a warning (at start
+        // the sender often runs before the connection is up).
+        let mut failures = 0u32;
         loop {
             let head = lock(&self.spool).front();
             let head = match head {
@@ -201,22 +205,23 @@ impl FindingSender {
                         .findings_published
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(id = %finding.id, stream_seq = ack.sequence, duplicate = ack.duplicate, removed, "finding acknowledged by JetStream");
-                    if let Some(depth) = failing_since_depth.take() {
+                    if failures >= WARN_AFTER_FAILURES {
                         tracing::info!(
-                            spool_depth_at_outage = depth,
+                            spool_depth = lock(&self.spool).len(),
                             "JetStream acknowledges findings again; delivering the spool"
                         );
                     }
+                    failures = 0;
                     backoff.reset();
                 }
                 Err(error) => {
                     // Any failure may mean the stream was deleted or never created: look it up
                     // again before the next attempt.
                     stream_ready = false;
-                    if failing_since_depth.is_none() {
+                    failures = failures.saturating_add(1);
+                    if failures == WARN_AFTER_FAILURES {
                         let depth = lock(&self.spool).len();
                         tracing::warn!(%error, spool_depth = depth, "cannot deliver findings to JetStream; they stay in the spool and are retried");
-                        failing_since_depth = Some(depth);
                     } else {
                         tracing::debug!(%error, "finding delivery retry failed");
                     }

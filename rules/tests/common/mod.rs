@@ -7,15 +7,19 @@ use protocol::{
 };
 use std::path::PathBuf;
 
+/// The shared Linux Sigma corpus (`../shared/sigma/rules/linux` beside the workspace), or
+/// `OSPREY_SIGMA_DIR`.
 pub fn sigma_corpus() -> PathBuf {
-    match std::env::var_os("OSPREY_SIGMA_DIR") {
+    let dir = match std::env::var_os("OSPREY_SIGMA_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/sigma/rules/linux"),
-    }
+    };
+    dir.canonicalize().unwrap_or(dir)
 }
 
 pub fn example_policy() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml")
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/policy.yaml");
+    path.canonicalize().unwrap_or(path)
 }
 
 fn exec_id(pid: u32) -> ExecId {

@@ -1,0 +1,220 @@
+//! The built-in heuristics our users' process monitor had: a script engine talking to the
+//! internet is high risk; one running in the background, with no terminal anywhere in its
+//! ancestry, is medium. Safe paths and ignored executables are exempt.
+
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use protocol::{ActionKind, Detector, Event, EventDetail, Severity};
+
+use super::Detection;
+use crate::config::HeuristicsSection;
+
+pub const SCRIPT_ENGINE_NETWORK: &str = "osprey.script-engine-network";
+pub const SCRIPT_ENGINE_BACKGROUND: &str = "osprey.script-engine-background";
+
+pub struct Heuristics {
+    enabled: bool,
+    safe_paths: Vec<PathBuf>,
+    ignored: Vec<PathBuf>,
+    local: Vec<IpNet>,
+    /// Exact names, and prefixes (from `name*`).
+    engines: Vec<String>,
+    engine_prefixes: Vec<String>,
+}
+
+impl Heuristics {
+    pub fn new(section: &HeuristicsSection, local: Vec<IpNet>) -> Self {
+        let (prefixes, exact): (Vec<&String>, Vec<&String>) =
+            section.script_engines.iter().partition(|s| s.ends_with('*'));
+        Heuristics {
+            enabled: section.enabled,
+            safe_paths: section.safe_paths.clone(),
+            ignored: section.ignored_executables.clone(),
+            local,
+            engines: exact.into_iter().map(|s| s.to_ascii_lowercase()).collect(),
+            engine_prefixes: prefixes
+                .into_iter()
+                .map(|s| s.trim_end_matches('*').to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// The script engine a process runs, by executable name (resolved or as invoked, so
+    /// `python3` → `python3.11` and a `sh` symlink to dash both count).
+    fn engine_name<'a>(&self, event: &'a Event) -> Option<&'a str> {
+        let p = &event.process;
+        let invoked = p.invoked_path.as_deref().map(|i| i.rsplit('/').next().unwrap_or(i));
+        [Some(p.name.as_str()), invoked].into_iter().flatten().find(|name| {
+            let lower = name.to_ascii_lowercase();
+            self.engines.iter().any(|e| *e == lower)
+                || self.engine_prefixes.iter().any(|pre| {
+                    // "python3.11" matches "python*", "pythonista" does not.
+                    lower.strip_prefix(pre.as_str()).is_some_and(|rest| {
+                        rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-')
+                    })
+                })
+        })
+    }
+
+    fn exempt(&self, event: &Event) -> bool {
+        let exe = std::path::Path::new(&event.process.exe);
+        self.ignored.iter().any(|i| i == exe) || self.safe_paths.iter().any(|s| exe.starts_with(s))
+    }
+
+    fn is_local(&self, ip: std::net::IpAddr) -> bool {
+        self.local.iter().any(|net| net.contains(&ip))
+    }
+
+    pub fn evaluate(&self, event: &Event, out: &mut Vec<Detection>) {
+        if !self.enabled || self.exempt(event) {
+            return;
+        }
+        let Some(engine) = self.engine_name(event) else { return };
+        match &event.detail {
+            EventDetail::Connect(c) if !self.is_local(c.destination_ip) => out.push(Detection {
+                detector: Detector::Heuristic,
+                rule_id: SCRIPT_ENGINE_NETWORK.into(),
+                title: format!(
+                    "Script engine {engine} connected to {}:{}/{}",
+                    c.destination_ip,
+                    c.destination_port,
+                    c.protocol.as_str()
+                ),
+                description: Some(
+                    "A script interpreter opened a connection to a non-local destination: \
+                     typical of download cradles, reverse shells and C2 beacons."
+                        .into(),
+                ),
+                author: None,
+                severity: Severity::High,
+                tags: vec!["attack.execution".into(), "attack.t1059".into(), "attack.command_and_control".into()],
+                actions: vec![ActionKind::Notify],
+            }),
+            EventDetail::Exec(_) if !has_terminal(event) => out.push(Detection {
+                detector: Detector::Heuristic,
+                rule_id: SCRIPT_ENGINE_BACKGROUND.into(),
+                title: format!("Script engine {engine} running in the background"),
+                description: Some(
+                    "A script interpreter started with no terminal anywhere in its ancestry \
+                     (not started by a person at a shell)."
+                        .into(),
+                ),
+                author: None,
+                severity: Severity::Medium,
+                tags: vec!["attack.execution".into(), "attack.t1059".into()],
+                actions: vec![ActionKind::Log],
+            }),
+            _ => {}
+        }
+    }
+}
+
+fn has_terminal(event: &Event) -> bool {
+    event.process.tty.is_some() || event.ancestry.iter().any(|a| a.tty.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::*;
+
+    fn event(name: &str, tty: Option<&str>, detail: EventDetail) -> Event {
+        Event {
+            time: Timestamp::default(),
+            host: "h".into(),
+            process: Process {
+                exec_id: "00000001-5-6-0".parse().unwrap(),
+                pid: 5,
+                ppid: 1,
+                parent_exec_id: None,
+                name: name.into(),
+                exe: format!("/usr/bin/{name}"),
+                invoked_path: None,
+                argv: vec![name.into()],
+                argv_truncated: false,
+                argv_source: ArgvSource::Kernel,
+                cwd: None,
+                uid: 0,
+                euid: 0,
+                gid: 0,
+                loginuid: None,
+                user: None,
+                tty: tty.map(String::from),
+                cgroup_id: 0,
+                container_id: None,
+                start_time: Timestamp::default(),
+                sha256: None,
+            },
+            ancestry: vec![],
+            detail,
+        }
+    }
+
+    fn connect(ip: &str) -> EventDetail {
+        EventDetail::Connect(ConnectEvent {
+            family: SocketFamily::Ipv4,
+            protocol: TransportProtocol::Tcp,
+            destination_ip: ip.parse().unwrap(),
+            destination_port: 443,
+            source_ip: None,
+            source_port: None,
+            outcome: Outcome::Ok,
+            errno: None,
+            hook: ConnectHook::Connect,
+            late_outcome: false,
+        })
+    }
+
+    fn run(h: &Heuristics, e: &Event) -> Vec<String> {
+        let mut out = Vec::new();
+        h.evaluate(e, &mut out);
+        out.into_iter().map(|d| format!("{}:{}", d.rule_id, d.severity)).collect()
+    }
+
+    #[test]
+    fn script_engines_connecting_out_are_high_and_local_is_configurable() {
+        let section = HeuristicsSection::default();
+        let h = Heuristics::new(&section, vec!["127.0.0.0/8".parse().unwrap()]);
+        assert_eq!(run(&h, &event("python3.11", Some("pts0"), connect("93.184.216.34"))), [format!("{SCRIPT_ENGINE_NETWORK}:high")]);
+        assert!(run(&h, &event("python3.11", Some("pts0"), connect("127.0.0.1"))).is_empty());
+        assert!(run(&h, &event("curl", None, connect("93.184.216.34"))).is_empty());
+        assert!(run(&h, &event("pythonista", None, connect("93.184.216.34"))).is_empty());
+        let h = Heuristics::new(&section, vec![]);
+        assert_eq!(run(&h, &event("bash", Some("pts0"), connect("127.0.0.1"))).len(), 1);
+    }
+
+    #[test]
+    fn background_engines_are_medium_unless_a_terminal_is_in_the_ancestry() {
+        let h = Heuristics::new(&HeuristicsSection::default(), vec![]);
+        let exec = || EventDetail::Exec(ExecEvent::default());
+        assert_eq!(run(&h, &event("perl", None, exec())), [format!("{SCRIPT_ENGINE_BACKGROUND}:medium")]);
+        assert!(run(&h, &event("perl", Some("pts1"), exec())).is_empty());
+        let mut e = event("perl", None, exec());
+        e.ancestry.push(Ancestor {
+            exec_id: "00000001-1-1-0".parse().unwrap(),
+            pid: 1,
+            name: "sshd".into(),
+            exe: "/usr/sbin/sshd".into(),
+            argv: vec![],
+            tty: Some("pts2".into()),
+        });
+        assert!(run(&h, &e).is_empty());
+    }
+
+    #[test]
+    fn safe_paths_and_ignored_executables_are_exempt() {
+        let section = HeuristicsSection {
+            safe_paths: vec!["/usr/bin".into()],
+            ..HeuristicsSection::default()
+        };
+        let h = Heuristics::new(&section, vec![]);
+        assert!(run(&h, &event("python3", None, connect("1.1.1.1"))).is_empty());
+        let section = HeuristicsSection {
+            ignored_executables: vec!["/usr/bin/python3".into()],
+            ..HeuristicsSection::default()
+        };
+        let h = Heuristics::new(&section, vec![]);
+        assert!(run(&h, &event("python3", None, connect("1.1.1.1"))).is_empty());
+    }
+}
