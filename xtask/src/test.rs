@@ -1,0 +1,35 @@
+//! `cargo xtask test`: every test, in the order that fails fastest.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::util::{cargo, is_root, run as run_cmd, workspace_root};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip the Windows cross-build and wine tests.
+    #[arg(long)]
+    skip_windows: bool,
+}
+
+pub fn run(args: TestArgs) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("cargo xtask test loads eBPF programs in the end-to-end tests and must run as root");
+    }
+    crate::setup::all()?;
+    let root = workspace_root();
+    // Builds the eBPF object (collector build script) and every binary the tests spawn.
+    run_cmd(cargo().current_dir(&root).args(["build", "--workspace", "--bins"]))?;
+    // Unit and integration tests of every host crate; end-to-end tests load the sensor, so
+    // they run one at a time.
+    run_cmd(cargo().current_dir(&root).args(["test", "--workspace", "--exclude", "osprey-tests"]))?;
+    run_cmd(cargo()
+        .current_dir(&root)
+        .args(["test", "-p", "osprey-tests", "--", "--test-threads=1"])
+        .env("OSPREY_BIN_DIR", root.join("target/debug")))?;
+    if !args.skip_windows {
+        run_cmd(Command::new("bash").arg(root.join(".ci/windows.sh")).current_dir(&root))?;
+    }
+    Ok(())
+}
