@@ -3,6 +3,10 @@
 use std::{
     io::{self, IsTerminal, Write},
     path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -112,6 +116,17 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
 /// Connects without requiring the server to be up: the client retries in the background and
 /// subscriptions take effect once it is connected.
 async fn connect(args: &TailArgs) -> anyhow::Result<Client> {
+    // `a,b,c`: the servers of a cluster.
+    let servers: Vec<&str> = args
+        .nats_url
+        .split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .collect();
+    anyhow::ensure!(
+        !servers.is_empty(),
+        "no NATS server address given (--nats is empty)"
+    );
     let mut options = ConnectOptions::new();
     if let Some(creds) = &args.creds {
         options = options
@@ -121,23 +136,34 @@ async fn connect(args: &TailArgs) -> anyhow::Result<Client> {
     }
     let url = args.nats_url.clone();
     tracing::info!(%url, "connecting to NATS");
+    // Each failed attempt reports an error; the operator needs to hear it once per outage.
+    let unreachable_reported = Arc::new(AtomicBool::new(false));
     options
         .name("osprey-tail")
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {
             let url = url.clone();
+            let unreachable_reported = unreachable_reported.clone();
             async move {
                 match event {
-                    async_nats::Event::Connected => tracing::info!(%url, "connected to NATS"),
+                    async_nats::Event::Connected => {
+                        unreachable_reported.store(false, Ordering::Relaxed);
+                        tracing::info!(%url, "connected to NATS");
+                    }
                     async_nats::Event::Disconnected => {
                         tracing::warn!(%url, "disconnected from NATS; reconnecting")
                     }
-                    other => tracing::info!(%url, event = %other, "NATS"),
+                    async_nats::Event::ClientError(error) => {
+                        if !unreachable_reported.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(%url, %error, "cannot reach NATS; retrying");
+                        }
+                    }
+                    other => tracing::debug!(%url, event = %other, "NATS"),
                 }
             }
         })
-        .connect(args.nats_url.as_str())
+        .connect(servers)
         .await
         .with_context(|| format!("invalid NATS server address {:?}", args.nats_url))
 }

@@ -75,6 +75,8 @@ pub enum PublishError {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error("no NATS server address given (the NATS URL is empty)")]
+    NoNatsServer,
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("cannot start the jsonl output thread: {0}")]
@@ -96,7 +98,8 @@ pub struct PublisherStats {
     pub findings_failed: u64,
     /// Events handed to the NATS client while connected (core NATS: not a delivery receipt).
     pub events_published: u64,
-    /// Events not published or not printed: queue full, NATS away, or output closed.
+    /// Events not published or not printed (queue full, NATS away, output closed), counted
+    /// once per output that missed them.
     pub events_dropped: u64,
     /// Heartbeats not published (queue full or NATS away).
     pub heartbeats_dropped: u64,
@@ -440,6 +443,32 @@ mod tests {
             container_id: None,
             start_time: Timestamp::from_unix_nanos(1),
             sha256: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_malformed_nats_url_is_reported_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for url in ["nats://bad host:4222", ""] {
+            let config = PublisherConfig {
+                host: "h".into(),
+                nats: Some(NatsConfig::new(url)),
+                publish_events: false,
+                jsonl: None,
+                spool: SpoolConfig {
+                    dir: dir.path().to_path_buf(),
+                    max_bytes: 1 << 20,
+                    max_findings: 10,
+                },
+            };
+            match Publisher::start(config).await {
+                Err(error @ PublishError::Connect { .. }) => {
+                    assert!(error.to_string().contains(&format!("{url:?}")), "{error}")
+                }
+                Err(PublishError::NoNatsServer) if url.is_empty() => {}
+                Err(other) => panic!("unexpected error for {url:?}: {other}"),
+                Ok(_) => panic!("{url:?} was accepted"),
+            }
         }
     }
 

@@ -54,6 +54,10 @@ pub(crate) async fn connect(
     host: &str,
     connected: Arc<Notify>,
 ) -> Result<Client, PublishError> {
+    let servers = servers(&config.url);
+    if servers.is_empty() {
+        return Err(PublishError::NoNatsServer);
+    }
     let mut options = ConnectOptions::new();
     if let Some(path) = &config.credentials {
         options =
@@ -86,12 +90,20 @@ pub(crate) async fn connect(
                 }
             }
         })
-        .connect(config.url.as_str())
+        .connect(servers)
         .await
         .map_err(|source| PublishError::Connect {
             url: config.url.clone(),
             source,
         })
+}
+
+/// `a,b,c` → the servers of a cluster (the client also learns the others from the first).
+fn servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .collect()
 }
 
 /// Exponential backoff between delivery attempts, so an outage costs a retry every few

@@ -1,0 +1,133 @@
+//! The collector under test, and what it publishes as the tests see it.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use protocol::{Event, EventDetail, Finding, Heartbeat};
+
+/// Everything received from the collector's subjects.
+#[derive(Default)]
+pub struct Received {
+    pub events: Vec<Event>,
+    pub findings: Vec<Finding>,
+    pub heartbeats: Vec<Heartbeat>,
+}
+
+pub struct Collector {
+    pub host: String,
+    child: Child,
+    pub received: Arc<Mutex<Received>>,
+}
+
+impl Collector {
+    /// Subscribes to the host's subjects, starts the collector and waits for its first
+    /// heartbeat (probes attached, table built).
+    pub async fn start(client: &async_nats::Client, nats_url: &str, spool: &Path, extra: &[&str]) -> Collector {
+        let host = format!("e2e{}", crate::marker("h").replace('-', ""));
+        let received = Arc::new(Mutex::new(Received::default()));
+        subscribe(client, &host, received.clone()).await;
+        let child = Command::new(crate::bin_dir().join("osprey-collector"))
+            .args(["--config", "/dev/null", "--host", &host, "--nats", nats_url, "--heartbeat-interval-secs", "1"])
+            .arg("--spool-dir")
+            .arg(spool)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("osprey-collector is built (cargo build --workspace --bins)");
+        let collector = Collector { host, child, received };
+        let ready = crate::eventually(Duration::from_secs(30), || {
+            (!collector.received.lock().unwrap().heartbeats.is_empty()).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "no heartbeat from the collector within 30 s");
+        collector
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Events matching `pred` so far.
+    pub fn events(&self, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
+        self.received.lock().unwrap().events.iter().filter(|e| pred(e)).cloned().collect()
+    }
+
+    pub fn findings(&self, pred: impl Fn(&Finding) -> bool) -> Vec<Finding> {
+        self.received.lock().unwrap().findings.iter().filter(|f| pred(f)).cloned().collect()
+    }
+
+    pub fn last_heartbeat(&self) -> Option<Heartbeat> {
+        self.received.lock().unwrap().heartbeats.last().cloned()
+    }
+
+    /// Waits for an event matching `pred`.
+    pub async fn wait_event(&self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        crate::eventually(Duration::from_secs(20), || self.events(&pred).into_iter().next())
+            .await
+            .unwrap_or_else(|| panic!("no {what} event within 20 s"))
+    }
+
+    pub async fn wait_finding(&self, what: &str, pred: impl Fn(&Finding) -> bool) -> Finding {
+        crate::eventually(Duration::from_secs(20), || self.findings(&pred).into_iter().next())
+            .await
+            .unwrap_or_else(|| panic!("no {what} finding within 20 s"))
+    }
+
+    /// Sends a signal to the collector (e.g. SIGSTOP to stall its reader).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.signal(libc::SIGTERM);
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn subscribe(client: &async_nats::Client, host: &str, received: Arc<Mutex<Received>>) {
+    let mut events = client.subscribe(format!("osprey.events.{host}.>")).await.expect("subscribe");
+    let mut findings = client.subscribe(format!("osprey.findings.{host}.>")).await.expect("subscribe");
+    let mut heartbeats = client.subscribe(format!("osprey.heartbeat.{host}")).await.expect("subscribe");
+    client.flush().await.expect("flush subscriptions");
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(m) = events.next() => {
+                    let e: Event = protocol::decode(&m.payload).expect("events decode");
+                    received.lock().unwrap().events.push(e);
+                }
+                Some(m) = findings.next() => {
+                    let f: Finding = protocol::decode(&m.payload).expect("findings decode");
+                    received.lock().unwrap().findings.push(f);
+                }
+                Some(m) = heartbeats.next() => {
+                    let h: Heartbeat = protocol::decode(&m.payload).expect("heartbeat decode");
+                    received.lock().unwrap().heartbeats.push(h);
+                }
+                else => break,
+            }
+        }
+    });
+}
+
+/// Exec events whose argv contains `marker`.
+pub fn is_exec_with(event: &Event, marker: &str) -> bool {
+    matches!(event.detail, EventDetail::Exec(_)) && event.process.argv.iter().any(|a| a.contains(marker))
+}
