@@ -5,7 +5,8 @@
 #      e.g. ring under async-nats, cannot be checked for msvc without its toolchain);
 #   2. cargo build for x86_64-pc-windows-gnu: the collector and sensor-etw, linked by
 #      Debian's mingw-w64;
-#   3. the Windows build's unit tests of sensor-etw and protocol, run under Debian's wine.
+#   3. the Windows build's unit tests of sensor-etw and protocol, and of the collector's ETW
+#      adapter (source::etw), run under Debian's wine.
 #
 # Idempotent; installs what it needs on a fresh Debian 12 machine (as root). Uses the usual
 # target dir (CARGO_TARGET_DIR, default target/), and keeps the wine prefix under it.
@@ -89,8 +90,9 @@ cargo check --target x86_64-pc-windows-msvc -p osprey-sensor-etw -p osprey-proto
 say "cargo build --target x86_64-pc-windows-gnu (collector, sensor-etw)"
 cargo build --target x86_64-pc-windows-gnu -p osprey-collector -p osprey-sensor-etw
 
-say "unit tests of the Windows build under wine (sensor-etw, protocol)"
+say "unit tests of the Windows build under wine (sensor-etw, protocol, the collector's ETW adapter)"
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=/usr/lib/wine/wine64
 cargo test --target x86_64-pc-windows-gnu -p osprey-sensor-etw -p osprey-protocol --lib
+cargo test --target x86_64-pc-windows-gnu -p osprey-collector --lib source::etw::
 
 say "done in $((SECONDS - started)) s"

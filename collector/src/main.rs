@@ -134,7 +134,7 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = CollectorConfig::load(&args.config, args.config != PathBuf::from(DEFAULT_CONFIG))?;
+    let mut config = CollectorConfig::load(&args.config, args.config.as_path() != std::path::Path::new(DEFAULT_CONFIG))?;
     apply(&args, &mut config);
     config.validate(&args.config)?;
     let host = config.host.clone().unwrap_or_else(host_name);
@@ -190,7 +190,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -449,3 +449,33 @@ async fn events_while_nats_is_away_are_counted_as_dropped() {
     let stats = stop(task).await;
     assert_eq!((stats.events_published, stats.events_dropped), (0, 3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finding_over_max_payload_is_set_aside_without_blocking_the_rest() {
+    init_logs();
+    let server = NatsServer::start();
+    let spool = tempfile::tempdir().unwrap();
+    let (publisher, task) = Publisher::start(config(&server.url(), spool.path()))
+        .await
+        .unwrap();
+    let mut huge = finding(1);
+    // nats-server's default max_payload is 1 MiB.
+    huge.process.argv = vec!["x".repeat(2 << 20)];
+    publisher.finding(&finding(0));
+    publisher.finding(&huge);
+    publisher.finding(&finding(2));
+    wait_spool_empty(&publisher).await;
+
+    assert_eq!(
+        ids(&stored_findings(&server.url()).await),
+        expected_ids([0, 2])
+    );
+    let stats = stop(task).await;
+    assert_eq!((stats.findings_published, stats.findings_failed), (2, 1));
+    let unsent = std::fs::read_dir(spool.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".finding.unsent"))
+        .count();
+    assert_eq!(unsent, 1);
+}

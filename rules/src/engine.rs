@@ -111,9 +111,8 @@ impl Engine {
                 .iter()
                 .filter(|r| r.subjects.contains(&kind))
                 .collect();
-            matchers[subject_index(kind)] = matcher::build(&rules).map_err(|message| {
-                LoadError::single(Problem::new(ProblemKind::Build, message))
-            })?;
+            matchers[subject_index(kind)] = matcher::build(&rules)
+                .map_err(|message| LoadError::single(Problem::new(ProblemKind::Build, message)))?;
         }
         let (heuristics_source, heuristics) = match loaded.heuristics {
             Some((path, heuristics)) => (Some(path), heuristics),
@@ -165,4 +164,19 @@ impl Engine {
 /// the human rendering), or every problem found.
 pub fn check<P: AsRef<Path>>(paths: &[P]) -> Result<Report, LoadError> {
     Engine::load(paths).map(|engine| engine.report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_can_be_shared_across_threads_and_swapped() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Engine>();
+        shareable::<Match>();
+        let empty = Engine::default();
+        assert_eq!(empty.report().evaluating(), 0);
+        assert_eq!(empty.heuristics(), &Heuristics::default());
+    }
 }

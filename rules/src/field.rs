@@ -41,112 +41,188 @@ pub(crate) enum Field {
     IntelDetections,
 }
 
+/// One value of a field: text, or the address or number it is made of, so that CIDR and
+/// range tests need no formatting and re-parsing.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Value<'a> {
+    Text(&'a str),
+    Ip(IpAddr),
+    Number(u64),
+}
+
+impl Value<'_> {
+    /// Calls `f` with the text form (formatted on the stack for addresses and numbers).
+    pub(crate) fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match *self {
+            Value::Text(text) => f(text),
+            Value::Number(n) => {
+                let mut buf = [0u8; 20];
+                f(format_number(n, &mut buf))
+            }
+            Value::Ip(ip) => {
+                let mut text = StackStr::default();
+                // An address's text always fits the buffer; an error leaves it empty.
+                let _ = write!(text, "{ip}");
+                f(text.as_str())
+            }
+        }
+    }
+
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
+        match *self {
+            Value::Ip(ip) => Some(ip),
+            Value::Text(text) => text.parse::<IpAddr>().ok().map(canonical),
+            Value::Number(_) => None,
+        }
+    }
+
+    pub(crate) fn number(&self) -> Option<i128> {
+        match *self {
+            Value::Number(n) => Some(i128::from(n)),
+            Value::Text(text) => text.parse().ok(),
+            Value::Ip(_) => None,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        matches!(self, Value::Text(""))
+    }
+}
+
 impl Field {
+    /// Whether the field holds addresses (literal addresses in rules become CIDRs on it).
+    pub(crate) fn is_address(self) -> bool {
+        matches!(self, Field::DestinationIp | Field::SourceIp)
+    }
+
     /// Calls `f` with each value of the field in `input`; not at all when it has none.
-    pub(crate) fn each_value(self, input: &MatchInput<'_>, f: &mut dyn FnMut(&str)) {
+    /// `scratch` holds joined command lines, so one buffer serves a whole evaluation.
+    pub(crate) fn each_value(
+        self,
+        input: &MatchInput<'_>,
+        scratch: &mut String,
+        f: &mut dyn FnMut(Value<'_>),
+    ) {
         let process = input.process;
         let connect = match input.subject {
             Subject::Connect(connect) => Some(connect),
             _ => None,
         };
         let parent = input.ancestry.first();
+        let mut text = |t: &str| f(Value::Text(t));
         match self {
             Field::Image => {
-                f(&process.exe);
+                text(&process.exe);
                 if let Some(invoked) = &process.invoked_path {
                     if *invoked != process.exe {
-                        f(invoked);
+                        text(invoked);
                     }
                 }
             }
-            Field::ImageResolved => f(&process.exe),
+            Field::ImageResolved => text(&process.exe),
             Field::ImageInvoked => {
                 if let Some(invoked) = &process.invoked_path {
-                    f(invoked)
+                    text(invoked)
                 }
             }
-            Field::Name => f(&process.name),
-            Field::CommandLine => f(&process.argv.join(" ")),
+            Field::Name => text(&process.name),
+            Field::CommandLine => text(join(&process.argv, scratch)),
             Field::ParentImage => {
                 if let Some(parent) = parent {
-                    f(&parent.exe)
+                    text(&parent.exe)
                 }
             }
             Field::ParentName => {
                 if let Some(parent) = parent {
-                    f(&parent.name)
+                    text(&parent.name)
                 }
             }
             Field::ParentCommandLine => {
                 if let Some(parent) = parent {
-                    f(&parent.argv.join(" "))
+                    text(join(&parent.argv, scratch))
                 }
             }
             Field::AncestorName => {
                 for ancestor in input.ancestry {
-                    f(&ancestor.name)
+                    text(&ancestor.name)
                 }
             }
             Field::User => {
                 if let Some(user) = &process.user {
-                    f(user)
+                    text(user)
                 }
             }
-            Field::Uid => with_number(u64::from(process.uid), f),
             Field::CurrentDirectory => {
                 if let Some(cwd) = &process.cwd {
-                    f(cwd)
-                }
-            }
-            Field::ProcessId => with_number(u64::from(process.pid), f),
-            Field::ParentProcessId => with_number(u64::from(process.ppid), f),
-            Field::DestinationIp => {
-                if let Some(connect) = connect {
-                    with_ip(connect.destination_ip, f)
-                }
-            }
-            Field::DestinationPort => {
-                if let Some(connect) = connect {
-                    with_number(u64::from(connect.destination_port), f)
+                    text(cwd)
                 }
             }
             Field::DestinationIsIpv6 => {
                 if let Some(connect) = connect {
-                    f(if canonical(connect.destination_ip).is_ipv6() { "true" } else { "false" })
-                }
-            }
-            Field::SourceIp => {
-                if let Some(ip) = connect.and_then(|c| c.source_ip) {
-                    with_ip(ip, f)
-                }
-            }
-            Field::SourcePort => {
-                if let Some(port) = connect.and_then(|c| c.source_port) {
-                    with_number(u64::from(port), f)
+                    text(if canonical(connect.destination_ip).is_ipv6() {
+                        "true"
+                    } else {
+                        "false"
+                    })
                 }
             }
             Field::Protocol => {
                 if let Some(connect) = connect {
-                    f(connect.protocol.as_str())
+                    text(connect.protocol.as_str())
                 }
             }
             Field::Initiated => {
                 if connect.is_some() {
-                    f("true")
+                    text("true")
+                }
+            }
+            Field::Uid => f(Value::Number(u64::from(process.uid))),
+            Field::ProcessId => f(Value::Number(u64::from(process.pid))),
+            Field::ParentProcessId => f(Value::Number(u64::from(process.ppid))),
+            Field::DestinationIp => {
+                if let Some(connect) = connect {
+                    f(Value::Ip(canonical(connect.destination_ip)))
+                }
+            }
+            Field::DestinationPort => {
+                if let Some(connect) = connect {
+                    f(Value::Number(u64::from(connect.destination_port)))
+                }
+            }
+            Field::SourceIp => {
+                if let Some(ip) = connect.and_then(|c| c.source_ip) {
+                    f(Value::Ip(canonical(ip)))
+                }
+            }
+            Field::SourcePort => {
+                if let Some(port) = connect.and_then(|c| c.source_port) {
+                    f(Value::Number(u64::from(port)))
                 }
             }
             Field::RssBytes => {
                 if let Some(bytes) = input.rss_bytes {
-                    with_number(bytes, f)
+                    f(Value::Number(bytes))
                 }
             }
             Field::IntelDetections => {
                 if let Some(intel) = input.intel {
-                    with_number(u64::from(intel.detections), f)
+                    f(Value::Number(u64::from(intel.detections)))
                 }
             }
         }
     }
+}
+
+/// argv joined by single spaces (Sigma's `CommandLine`), into `buf`.
+fn join<'b>(argv: &[String], buf: &'b mut String) -> &'b str {
+    buf.clear();
+    for (i, arg) in argv.iter().enumerate() {
+        if i > 0 {
+            buf.push(' ');
+        }
+        buf.push_str(arg);
+    }
+    buf
 }
 
 /// An IPv4 peer reached through a dual-stack IPv6 socket shows up as `::ffff:a.b.c.d`; rules
@@ -155,11 +231,9 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-/// Formats without allocating: the hot path renders ports and pids for every event.
-fn with_number(n: u64, f: &mut dyn FnMut(&str)) {
-    let mut buf = [0u8; 20];
+/// Decimal digits of `n` at the end of `buf`, without the formatting machinery.
+fn format_number(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut at = buf.len();
-    let mut n = n;
     loop {
         at -= 1;
         buf[at] = b'0' + (n % 10) as u8;
@@ -169,16 +243,7 @@ fn with_number(n: u64, f: &mut dyn FnMut(&str)) {
         }
     }
     // Only ASCII digits were written.
-    if let Ok(text) = std::str::from_utf8(&buf[at..]) {
-        f(text)
-    }
-}
-
-fn with_ip(ip: IpAddr, f: &mut dyn FnMut(&str)) {
-    let mut text = StackStr::default();
-    if write!(text, "{}", canonical(ip)).is_ok() {
-        f(text.as_str())
-    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("")
 }
 
 /// A fixed buffer long enough for any IP address's text form.
@@ -189,7 +254,10 @@ struct StackStr {
 
 impl Default for StackStr {
     fn default() -> Self {
-        StackStr { buf: [0; 48], len: 0 }
+        StackStr {
+            buf: [0; 48],
+            len: 0,
+        }
     }
 }
 
@@ -216,19 +284,18 @@ impl std::fmt::Write for StackStr {
 mod tests {
     use super::*;
 
-    fn collect(n: u64) -> String {
-        let mut out = String::new();
-        with_number(n, &mut |s| out.push_str(s));
-        out
+    fn text(v: Value<'_>) -> String {
+        v.with_text(str::to_string)
     }
 
     #[test]
     fn numbers_and_mapped_addresses_render_as_rules_expect() {
-        assert_eq!(collect(0), "0");
-        assert_eq!(collect(4444), "4444");
-        assert_eq!(collect(u64::MAX), u64::MAX.to_string());
-        let mut out = String::new();
-        with_ip("::ffff:127.0.0.1".parse().unwrap(), &mut |s| out.push_str(s));
-        assert_eq!(out, "127.0.0.1");
+        assert_eq!(text(Value::Number(0)), "0");
+        assert_eq!(text(Value::Number(4444)), "4444");
+        assert_eq!(text(Value::Number(u64::MAX)), u64::MAX.to_string());
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(text(Value::Ip(canonical(mapped))), "127.0.0.1");
+        assert_eq!(Value::Text("::ffff:10.0.0.1").ip(), "10.0.0.1".parse().ok());
+        assert_eq!(Value::Text("42").number(), Some(42));
     }
 }

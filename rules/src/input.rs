@@ -25,6 +25,13 @@ impl Platform {
         }
     }
 
+    /// The platform a Sigma `product` names (any case), if the sensor runs there.
+    pub fn from_product(name: &str) -> Option<Self> {
+        [Platform::Linux, Platform::Windows, Platform::Macos]
+            .into_iter()
+            .find(|p| name.eq_ignore_ascii_case(p.as_str()))
+    }
+
     /// The Sigma `product` name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,7 +76,8 @@ pub enum SubjectKind {
 }
 
 impl SubjectKind {
-    pub const ALL: [SubjectKind; 3] = [SubjectKind::Exec, SubjectKind::Connect, SubjectKind::Sample];
+    pub const ALL: [SubjectKind; 3] =
+        [SubjectKind::Exec, SubjectKind::Connect, SubjectKind::Sample];
 
     pub fn as_str(self) -> &'static str {
         match self {

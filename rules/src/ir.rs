@@ -38,12 +38,18 @@ pub(crate) enum LitKind {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Pattern {
     /// Case-insensitive literal; `text` is already lowercased.
-    Literal { kind: LitKind, text: String },
+    Literal {
+        kind: LitKind,
+        text: String,
+    },
     /// A regular expression (flags inline), tested against the original text anywhere in it.
     Regex(String),
     Cidr(IpNet),
     /// The field's value, read as an integer, lies in `lo..=hi`.
-    Range { lo: i128, hi: i128 },
+    Range {
+        lo: i128,
+        hi: i128,
+    },
     /// The field is absent or empty.
     Null,
     /// The field is present (`true`) or absent (`false`).

@@ -29,8 +29,8 @@ mod report;
 mod sigma;
 
 pub use engine::{check, Engine, Match};
-pub use ir::RuleInfo;
 pub use error::{LoadError, Problem, ProblemKind};
 pub use input::{IntelVerdict, MatchInput, Platform, Subject, SubjectKind};
+pub use ir::RuleInfo;
 pub use policy::{HeuristicSetting, Heuristics};
 pub use report::{Report, RuleState, RuleStatus};

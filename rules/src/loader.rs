@@ -155,7 +155,7 @@ impl Loaded {
                 }) => {
                     self.add_status(&info, product, RuleState::Unsupported(reason), text);
                 }
-                Err(problem) => self.problems.push(problem),
+                Err(problem) => self.problems.push(*problem),
             }
         }
     }
@@ -198,7 +198,7 @@ impl Loaded {
                 Ok(policy::PolicyRule::Disabled(info)) => {
                     self.add_status(&info, None, RuleState::Disabled, text);
                 }
-                Err(problem) => self.problems.push(problem),
+                Err(problem) => self.problems.push(*problem),
             }
         }
     }

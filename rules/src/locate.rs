@@ -3,13 +3,14 @@
 
 /// The 1-based line of the `id:` entry whose value is `rule`.
 pub(crate) fn rule_line(text: &str, rule: &str) -> Option<usize> {
-    text.lines().position(|line| {
-        let line = strip_item(line);
-        line.strip_prefix("id:")
-            .map(|v| unquote(v.trim()) == rule)
-            .unwrap_or(false)
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|line| {
+            let line = strip_item(line);
+            line.strip_prefix("id:")
+                .map(|v| unquote(v.trim()) == rule)
+                .unwrap_or(false)
+        })
+        .map(|i| i + 1)
 }
 
 /// The 1-based line of the first `key:` at or after line `from`. With `within_rule`, the

@@ -74,6 +74,7 @@ pub(crate) fn string(value: &str, kind: LitKind, cased: bool, wildcards: bool) -
             toks.remove(0);
         }
         kind = match kind {
+            _ if toks.is_empty() => LitKind::Contains,
             LitKind::Exact | LitKind::Suffix => LitKind::Suffix,
             LitKind::Prefix | LitKind::Contains => LitKind::Contains,
         };
@@ -133,7 +134,9 @@ pub(crate) fn regex(source: &str) -> Result<Pattern, ValueError> {
                     "regex {source:?} uses a feature the regex engine lacks ({reason})"
                 )))
             } else {
-                Err(ValueError::Invalid(format!("invalid regex {source:?}: {reason}")))
+                Err(ValueError::Invalid(format!(
+                    "invalid regex {source:?}: {reason}"
+                )))
             }
         }
     }
@@ -191,7 +194,10 @@ pub(crate) fn windash(value: &str) -> Result<Vec<String>, ValueError> {
             })
             .collect();
     }
-    Ok(variants.into_iter().map(|v| v.into_iter().collect()).collect())
+    Ok(variants
+        .into_iter()
+        .map(|v| v.into_iter().collect())
+        .collect())
 }
 
 #[cfg(test)]
@@ -207,10 +213,22 @@ mod tests {
 
     #[test]
     fn outer_stars_widen_the_kind_and_inner_wildcards_become_regexes() {
-        assert_eq!(string("/TMP/*", LitKind::Exact, false, true), lit(LitKind::Prefix, "/tmp/"));
-        assert_eq!(string("*.exe", LitKind::Exact, false, true), lit(LitKind::Suffix, ".exe"));
-        assert_eq!(string("*x*", LitKind::Exact, false, true), lit(LitKind::Contains, "x"));
-        assert_eq!(string("a*", LitKind::Suffix, false, true), lit(LitKind::Contains, "a"));
+        assert_eq!(
+            string("/TMP/*", LitKind::Exact, false, true),
+            lit(LitKind::Prefix, "/tmp/")
+        );
+        assert_eq!(
+            string("*.exe", LitKind::Exact, false, true),
+            lit(LitKind::Suffix, ".exe")
+        );
+        assert_eq!(
+            string("*x*", LitKind::Exact, false, true),
+            lit(LitKind::Contains, "x")
+        );
+        assert_eq!(
+            string("a*", LitKind::Suffix, false, true),
+            lit(LitKind::Contains, "a")
+        );
         assert_eq!(
             string("/etc/*.conf", LitKind::Contains, false, true),
             Pattern::Regex(r"(?si)/etc/.*\.conf".into())
@@ -227,8 +245,14 @@ mod tests {
             string("C:\\Windows\\", LitKind::Exact, false, true),
             lit(LitKind::Exact, "c:\\windows\\")
         );
-        assert_eq!(string("*", LitKind::Exact, false, true), lit(LitKind::Contains, ""));
-        assert_eq!(string("a*b", LitKind::Contains, false, false), lit(LitKind::Contains, "a*b"));
+        assert_eq!(
+            string("*", LitKind::Exact, false, true),
+            lit(LitKind::Contains, "")
+        );
+        assert_eq!(
+            string("a*b", LitKind::Contains, false, false),
+            lit(LitKind::Contains, "a*b")
+        );
         assert_eq!(
             string("Ab", LitKind::Prefix, true, true),
             Pattern::Regex("(?s)^Ab".into())
@@ -244,8 +268,14 @@ mod tests {
 
     #[test]
     fn cidrs_accept_bare_addresses() {
-        assert_eq!(cidr("10.1.2.3/8").unwrap(), Pattern::Cidr("10.0.0.0/8".parse().unwrap()));
-        assert_eq!(cidr("::1").unwrap(), Pattern::Cidr("::1/128".parse().unwrap()));
+        assert_eq!(
+            cidr("10.1.2.3/8").unwrap(),
+            Pattern::Cidr("10.0.0.0/8".parse().unwrap())
+        );
+        assert_eq!(
+            cidr("::1").unwrap(),
+            Pattern::Cidr("::1/128".parse().unwrap())
+        );
         assert!(cidr("10.0.0.0/33").is_err());
     }
 

@@ -8,7 +8,13 @@ use rules::{check, Engine, RuleState};
 fn every_shared_rule_parses_and_nearly_all_evaluate() {
     let corpus = common::sigma_corpus();
     let report = check(&[&corpus]).unwrap_or_else(|e| panic!("corpus does not load:\n{e}"));
-    println!("{report}");
+    let shown = report.to_string();
+    println!("{shown}");
+    assert!(shown.starts_with("127 file(s), 127 rule(s): "), "{shown}");
+    assert!(
+        shown.contains("field LogonId is not produced by the sensor"),
+        "{shown}"
+    );
     assert_eq!(report.rules.len(), 127, "the corpus has 127 rules");
     assert!(
         report.evaluating() >= 120,

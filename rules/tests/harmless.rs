@@ -72,7 +72,12 @@ fn harmless_commands_fire_at_least_twenty_corpus_rules() {
         .rules
         .iter()
         .map(|r| {
-            let stem = r.source.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let stem = r
+                .source
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             (r.id.clone(), stem)
         })
         .collect();
@@ -91,8 +96,11 @@ fn harmless_commands_fire_at_least_twenty_corpus_rules() {
             .collect();
         println!(
             "| `{}` | {} |",
-            t.shell,
-            got.keys().map(|s| s.as_str()).collect::<Vec<_>>().join("<br>")
+            t.shell.replace('|', "\\|"),
+            got.keys()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("<br>")
         );
         if std::env::var_os("OSPREY_PRINT_FIRES").is_some() {
             for (stem, id) in &got {
@@ -100,11 +108,18 @@ fn harmless_commands_fire_at_least_twenty_corpus_rules() {
             }
         }
         if got != t.fires {
-            mismatches.push(format!("{}:\n  expected {:?}\n  got      {:?}", t.shell, t.fires, got));
+            mismatches.push(format!(
+                "{}:\n  expected {:?}\n  got      {:?}",
+                t.shell, t.fires, got
+            ));
         }
         fired.extend(got.into_values());
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
-    println!("{} distinct rules fired from {} commands", fired.len(), triggers.len());
+    println!(
+        "{} distinct rules fired from {} commands",
+        fired.len(),
+        triggers.len()
+    );
     assert!(fired.len() >= 20, "only {} rules fired", fired.len());
 }

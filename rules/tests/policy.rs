@@ -4,7 +4,7 @@ mod common;
 
 use std::io::Write;
 
-use common::{connect, exec, example_policy};
+use common::{connect, example_policy, exec};
 use protocol::{ActionKind, Detector, Severity, TransportProtocol::Tcp};
 use rules::{Engine, IntelVerdict, MatchInput, ProblemKind, RuleState, SubjectKind};
 
@@ -15,7 +15,11 @@ fn example() -> Engine {
 }
 
 fn ids(engine: &Engine, input: &MatchInput<'_>) -> Vec<String> {
-    engine.evaluate(input).iter().map(|m| m.id.clone()).collect()
+    engine
+        .evaluate(input)
+        .iter()
+        .map(|m| m.id.clone())
+        .collect()
 }
 
 #[test]
@@ -28,7 +32,10 @@ fn example_policy_loads_with_its_heuristics() {
     assert!(report
         .not_evaluating()
         .all(|r| r.state == RuleState::Disabled && r.reason().is_some()));
-    assert_eq!(report.heuristics_source.as_deref(), Some(example_policy().as_path()));
+    assert_eq!(
+        report.heuristics_source.as_deref(),
+        Some(example_policy().as_path())
+    );
     let h = engine.heuristics();
     assert!(h.script_engine_network.enabled && h.script_engine_background.enabled);
     assert_eq!(h.script_engine_network.severity, Severity::High);
@@ -51,7 +58,10 @@ fn virus_rule_fires_on_a_process_named_virus() {
         assert_eq!(hit.actions, vec![ActionKind::Kill, ActionKind::Quarantine]);
         assert_eq!(hit.tags, vec!["attack.execution", "attack.t1204.002"]);
         let finding = hit.to_finding(&event);
-        assert_eq!(finding.recommended_actions, vec![ActionKind::Kill, ActionKind::Quarantine]);
+        assert_eq!(
+            finding.recommended_actions,
+            vec![ActionKind::Kill, ActionKind::Quarantine]
+        );
     }
     let benign = exec(&["virusscan"], "/usr/bin/virusscan", None);
     assert!(engine.evaluate(&MatchInput::from_event(&benign)).is_empty());
@@ -64,13 +74,28 @@ fn memory_rule_fires_only_above_the_threshold() {
     let (p, a) = (&event.process, event.ancestry.as_slice());
     let rule = "osprey-policy-large-rss";
     assert!(!ids(&engine, &MatchInput::sample(p, a)).contains(&rule.to_string()));
-    assert!(!ids(&engine, &MatchInput::sample(p, a).with_rss_bytes(500 * MIB)).contains(&rule.to_string()));
-    assert_eq!(ids(&engine, &MatchInput::sample(p, a).with_rss_bytes(500 * MIB + 1)), vec![rule]);
-    assert_eq!(ids(&engine, &MatchInput::sample(p, a).with_rss_bytes(8 << 30)), vec![rule]);
+    assert!(
+        !ids(&engine, &MatchInput::sample(p, a).with_rss_bytes(500 * MIB))
+            .contains(&rule.to_string())
+    );
+    assert_eq!(
+        ids(
+            &engine,
+            &MatchInput::sample(p, a).with_rss_bytes(500 * MIB + 1)
+        ),
+        vec![rule]
+    );
+    assert_eq!(
+        ids(&engine, &MatchInput::sample(p, a).with_rss_bytes(8 << 30)),
+        vec![rule]
+    );
     // Exec events carry no sample unless the collector attaches one.
     assert!(engine.evaluate(&MatchInput::from_event(&event)).is_empty());
     let hit = &engine.evaluate(&MatchInput::sample(p, a).with_rss_bytes(600 * MIB))[0];
-    assert_eq!((hit.severity, hit.actions.as_slice()), (Severity::Low, &[ActionKind::Log][..]));
+    assert_eq!(
+        (hit.severity, hit.actions.as_slice()),
+        (Severity::Low, &[ActionKind::Log][..])
+    );
 }
 
 #[test]
@@ -78,12 +103,22 @@ fn intel_rule_needs_a_verdict_above_three() {
     let engine = example();
     let event = exec(&["dropper"], "/tmp/dropper", None);
     let sample = MatchInput::sample(&event.process, &event.ancestry);
-    let verdict = |detections| IntelVerdict { detections, engines: 70 };
+    let verdict = |detections| IntelVerdict {
+        detections,
+        engines: 70,
+    };
     assert!(engine.evaluate(&sample).is_empty());
     assert!(engine.evaluate(&sample.with_intel(verdict(3))).is_empty());
     let hits = engine.evaluate(&sample.with_intel(verdict(4)));
     assert_eq!(hits[0].id, "osprey-policy-intel-detections");
-    assert_eq!(hits[0].actions, vec![ActionKind::Suspend, ActionKind::Dump, ActionKind::Quarantine]);
+    assert_eq!(
+        hits[0].actions,
+        vec![
+            ActionKind::Suspend,
+            ActionKind::Dump,
+            ActionKind::Quarantine
+        ]
+    );
 }
 
 fn policy(text: &str) -> Result<Engine, rules::LoadError> {
@@ -151,10 +186,16 @@ fn broken_yaml_names_the_file_and_line() {
     assert_eq!(p.path.as_deref(), Some(file.path()));
     assert_eq!(p.line, Some(7));
     let shown = err.to_string();
-    assert!(shown.starts_with(&format!("{}:7:", file.path().display())), "{shown}");
+    println!("{shown}");
+    assert!(
+        shown.starts_with(&format!("{}:7:", file.path().display())),
+        "{shown}"
+    );
     assert!(shown.contains("unknown field `nmae`"), "{shown}");
 
-    let err = policy("rules:\n  - id: a\n    title: t\n    severity: severe\n    match: {name: x}\n").unwrap_err();
+    let err =
+        policy("rules:\n  - id: a\n    title: t\n    severity: severe\n    match: {name: x}\n")
+            .unwrap_err();
     assert_eq!(err.problems[0].line, Some(4), "{err}");
     let err = policy("rules:\n  - id: a\n   title: t\n").unwrap_err();
     assert_eq!(err.problems[0].kind, ProblemKind::Syntax);
@@ -201,7 +242,13 @@ fn semantic_errors_name_the_rule_and_field() {
     let found: Vec<_> = err
         .problems
         .iter()
-        .map(|p| (p.rule.as_deref().unwrap_or(""), p.field.as_deref().unwrap_or(""), p.line))
+        .map(|p| {
+            (
+                p.rule.as_deref().unwrap_or(""),
+                p.field.as_deref().unwrap_or(""),
+                p.line,
+            )
+        })
         .collect();
     assert_eq!(
         found,
@@ -214,7 +261,10 @@ fn semantic_errors_name_the_rule_and_field() {
         ]
     );
     let shown = err.to_string();
-    assert!(shown.contains("policy.yaml:12: rule \"bad-regex\": field match.argv_regex: invalid regex"), "{shown}");
+    assert!(
+        shown.contains("policy.yaml:12: rule \"bad-regex\": field match.argv_regex: invalid regex"),
+        "{shown}"
+    );
     assert!(shown.contains("invalid CIDR \"10.0.0.0/33\""), "{shown}");
 }
 
@@ -246,7 +296,11 @@ fn policy_and_sigma_load_together_from_a_directory() {
     assert_eq!(report.evaluating(), 4);
     let engine = Engine::load(&[dir.path()]).unwrap();
     let event = exec(&["virus"], "/tmp/virus", None);
-    let hits: Vec<_> = engine.evaluate(&MatchInput::from_event(&event)).into_iter().map(|m| m.id.clone()).collect();
+    let hits: Vec<_> = engine
+        .evaluate(&MatchInput::from_event(&event))
+        .into_iter()
+        .map(|m| m.id.clone())
+        .collect();
     assert_eq!(hits, vec!["osprey-policy-virus-name", "sigma-1"]);
     assert!(rules::check(&[dir.path().join("missing")]).is_err());
 }

@@ -117,7 +117,15 @@ mod tests {
     fn powershell_encoded_command_keeps_its_arguments() {
         assert_eq!(
             args(r#"powershell.exe -NoP -W Hidden -Enc SQBFAFgA "a b""#),
-            ["powershell.exe", "-NoP", "-W", "Hidden", "-Enc", "SQBFAFgA", "a b"]
+            [
+                "powershell.exe",
+                "-NoP",
+                "-W",
+                "Hidden",
+                "-Enc",
+                "SQBFAFgA",
+                "a b"
+            ]
         );
     }
 }

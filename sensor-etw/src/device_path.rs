@@ -128,7 +128,10 @@ impl DeviceMap {
             });
         }
         let mut drives = Vec::new();
-        for root in buf[..len].split(|&unit| unit == 0).filter(|s| !s.is_empty()) {
+        for root in buf[..len]
+            .split(|&unit| unit == 0)
+            .filter(|s| !s.is_empty())
+        {
             // "C:\" → "C:": QueryDosDeviceW wants the name without the backslash.
             let name: Vec<u16> = root
                 .iter()
@@ -146,7 +149,11 @@ impl DeviceMap {
                 continue;
             }
             // The first string of the multi-string is the current mapping.
-            let first: Vec<u16> = target.iter().copied().take_while(|&unit| unit != 0).collect();
+            let first: Vec<u16> = target
+                .iter()
+                .copied()
+                .take_while(|&unit| unit != 0)
+                .collect();
             let drive = String::from_utf16_lossy(&name[..name.len() - 1]);
             drives.push((drive, String::from_utf16_lossy(&first)));
         }
@@ -184,7 +191,10 @@ mod tests {
                 ("D:", r"\Device\HarddiskVolume10"),
                 ("C:", r"\Device\HarddiskVolume1"),
                 ("S:", r"\??\C:\src"),
-                ("Z:", r"\Device\LanmanRedirector\;Z:000000000001a2b3\fs01\share"),
+                (
+                    "Z:",
+                    r"\Device\LanmanRedirector\;Z:000000000001a2b3\fs01\share",
+                ),
             ],
             Some(r"C:\Windows\".to_string()),
         )
@@ -200,7 +210,10 @@ mod tests {
             mapped(r"\Device\HarddiskVolume1\Windows\System32\cmd.exe").path,
             r"C:\Windows\System32\cmd.exe"
         );
-        assert_eq!(mapped(r"\Device\HarddiskVolume10\tools\x.exe").path, r"D:\tools\x.exe");
+        assert_eq!(
+            mapped(r"\Device\HarddiskVolume10\tools\x.exe").path,
+            r"D:\tools\x.exe"
+        );
     }
 
     #[test]
@@ -209,7 +222,10 @@ mod tests {
         // component may match.
         assert_eq!(mapped(r"\Device\HarddiskVolume10\a.exe").path, r"D:\a.exe");
         let unknown = mapped(r"\Device\HarddiskVolume11\a.exe");
-        assert_eq!(unknown.path, r"\\?\GLOBALROOT\Device\HarddiskVolume11\a.exe");
+        assert_eq!(
+            unknown.path,
+            r"\\?\GLOBALROOT\Device\HarddiskVolume11\a.exe"
+        );
         assert!(!unknown.volume_known);
     }
 
@@ -226,15 +242,27 @@ mod tests {
 
     #[test]
     fn matching_ignores_case_and_keeps_the_rest_verbatim() {
-        assert_eq!(mapped(r"\DEVICE\harddiskvolume1\Users\Bob\A.EXE").path, r"C:\Users\Bob\A.EXE");
+        assert_eq!(
+            mapped(r"\DEVICE\harddiskvolume1\Users\Bob\A.EXE").path,
+            r"C:\Users\Bob\A.EXE"
+        );
     }
 
     #[test]
     fn aliases_system_root_and_network_paths() {
         assert_eq!(mapped(r"\??\C:\Windows\x.exe").path, r"C:\Windows\x.exe");
-        assert_eq!(mapped(r"\??\UNC\fs01\share\x.exe").path, r"\\fs01\share\x.exe");
-        assert_eq!(mapped(r"\SystemRoot\System32\smss.exe").path, r"C:\Windows\System32\smss.exe");
-        assert_eq!(mapped(r"\Device\Mup\fs01\share\tool.exe").path, r"\\fs01\share\tool.exe");
+        assert_eq!(
+            mapped(r"\??\UNC\fs01\share\x.exe").path,
+            r"\\fs01\share\x.exe"
+        );
+        assert_eq!(
+            mapped(r"\SystemRoot\System32\smss.exe").path,
+            r"C:\Windows\System32\smss.exe"
+        );
+        assert_eq!(
+            mapped(r"\Device\Mup\fs01\share\tool.exe").path,
+            r"\\fs01\share\tool.exe"
+        );
         assert_eq!(
             mapped(r"\Device\Mup\;LanmanRedirector\;Z:000000000001a2b3\fs01\share\t.exe").path,
             r"\\fs01\share\t.exe"
@@ -251,10 +279,32 @@ mod tests {
         assert_eq!(mapped(r"\Device\HarddiskVolume1").path, r"C:\");
     }
 
+    /// Runs the real QueryDosDeviceW calls (under wine in CI): the system drive maps back to
+    /// its own letter.
+    #[cfg(windows)]
+    #[test]
+    fn system_table_maps_the_system_drive() {
+        let map = DeviceMap::from_system().expect("drive table");
+        let system_drive = std::env::var("SystemDrive").unwrap_or_else(|_| "C:".into());
+        let (device, drive) = map
+            .drives
+            .iter()
+            .find(|(_, drive)| drive.eq_ignore_ascii_case(&system_drive))
+            .expect("system drive listed")
+            .clone();
+        assert_eq!(
+            map.map(&format!(r"{device}\x\y.exe")).path,
+            format!(r"{drive}\x\y.exe")
+        );
+    }
+
     #[test]
     fn non_ascii_paths_do_not_break_prefix_checks() {
         // `get(..n)` on a non-char boundary must not panic.
         assert_eq!(mapped("\\Dévice\\x").path, "\\Dévice\\x");
-        assert_eq!(mapped(r"\Device\HarddiskVolume1\Users\Zoë\ü.exe").path, r"C:\Users\Zoë\ü.exe");
+        assert_eq!(
+            mapped(r"\Device\HarddiskVolume1\Users\Zoë\ü.exe").path,
+            r"C:\Users\Zoë\ü.exe"
+        );
     }
 }

@@ -18,7 +18,9 @@ const NANOS_PER_TICK: i64 = 100;
 pub fn to_timestamp(filetime: u64) -> Option<Timestamp> {
     let ticks = filetime.checked_sub(UNIX_EPOCH_AS_FILETIME)?;
     let ticks = i64::try_from(ticks).ok()?;
-    ticks.checked_mul(NANOS_PER_TICK).map(Timestamp::from_unix_nanos)
+    ticks
+        .checked_mul(NANOS_PER_TICK)
+        .map(Timestamp::from_unix_nanos)
 }
 
 /// The FILETIME of a Unix-epoch timestamp (truncated to 100 ns), for tests and for comparing
@@ -39,7 +41,10 @@ mod tests {
 
     #[test]
     fn unix_epoch_is_zero() {
-        assert_eq!(to_timestamp(UNIX_EPOCH_AS_FILETIME), Some(Timestamp::from_unix_nanos(0)));
+        assert_eq!(
+            to_timestamp(UNIX_EPOCH_AS_FILETIME),
+            Some(Timestamp::from_unix_nanos(0))
+        );
     }
 
     #[test]

@@ -18,8 +18,8 @@ use crate::record::{EtwRecord, KernelProcessStart, ProcessStart};
 /// How far apart the two sessions' timestamps of one process creation may be.
 pub const MATCH_WINDOW: Duration = Duration::from_secs(5);
 
-/// More held records than this releases the oldest start without its command line: memory
-/// stays bounded if the command-line session stalls.
+/// More held records than this releases the oldest waiting start without its command line
+/// (nothing is dropped): memory stays bounded if the command-line session stalls.
 pub const MAX_QUEUED: usize = 100_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,7 +104,8 @@ impl CommandLineJoin {
                 if let Some(orphan) = self.take_orphan(&start) {
                     start.set_command_line(orphan.command_line);
                     self.stats.joined += 1;
-                    self.queue.push_back(Slot::Ready(EtwRecord::ProcessStart(start)));
+                    self.queue
+                        .push_back(Slot::Ready(EtwRecord::ProcessStart(start)));
                 } else if let Some(wait) = self.wait {
                     let seq = self.front_seq + self.queue.len() as u64;
                     self.waiting.entry(start.pid).or_default().push(seq);
@@ -114,7 +115,8 @@ impl CommandLineJoin {
                     });
                 } else {
                     self.stats.missing += 1;
-                    self.queue.push_back(Slot::Ready(EtwRecord::ProcessStart(start)));
+                    self.queue
+                        .push_back(Slot::Ready(EtwRecord::ProcessStart(start)));
                 }
             }
             EtwRecord::KernelProcessStart(kernel) => {
@@ -128,8 +130,9 @@ impl CommandLineJoin {
             }
             other => self.queue.push_back(Slot::Ready(other)),
         }
-        while self.queue.len() > MAX_QUEUED {
-            self.release_front();
+        if self.queue.len() > MAX_QUEUED {
+            // Give up on the oldest waiting start, so what queued up behind it can go out.
+            self.stop_waiting_at_front();
         }
     }
 
@@ -148,7 +151,10 @@ impl CommandLineJoin {
         while self.orphans.front().is_some_and(|o| o.deadline <= now) {
             if let Some(orphan) = self.orphans.pop_front() {
                 self.stats.unmatched += 1;
-                tracing::debug!(pid = orphan.record.pid, "command line without a process start");
+                tracing::debug!(
+                    pid = orphan.record.pid,
+                    "command line without a process start"
+                );
             }
         }
     }
@@ -174,6 +180,22 @@ impl CommandLineJoin {
         match (start, orphan) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    fn stop_waiting_at_front(&mut self) {
+        let seq = self.front_seq;
+        let Some(slot) = self.queue.front_mut() else {
+            return;
+        };
+        if !matches!(slot, Slot::Waiting { .. }) {
+            return;
+        }
+        if let Slot::Waiting { start, .. } = std::mem::replace(slot, Slot::Taken) {
+            let pid = start.pid;
+            *slot = Slot::Ready(EtwRecord::ProcessStart(start));
+            self.stats.missing += 1;
+            self.forget_waiting(pid, seq);
         }
     }
 
@@ -230,16 +252,17 @@ impl CommandLineJoin {
     }
 
     fn take_orphan(&mut self, start: &ProcessStart) -> Option<KernelProcessStart> {
-        let index = self.orphans.iter().position(|o| matches(start, &o.record))?;
+        let index = self
+            .orphans
+            .iter()
+            .position(|o| matches(start, &o.record))?;
         self.orphans.remove(index).map(|o| o.record)
     }
 }
 
 fn matches(start: &ProcessStart, kernel: &KernelProcessStart) -> bool {
     let apart = (start.time.unix_nanos() - kernel.time.unix_nanos()).unsigned_abs();
-    start.pid == kernel.pid
-        && start.ppid == kernel.ppid
-        && apart <= MATCH_WINDOW.as_nanos() as u64
+    start.pid == kernel.pid && start.ppid == kernel.ppid && apart <= MATCH_WINDOW.as_nanos() as u64
 }
 
 #[cfg(test)]
@@ -304,9 +327,19 @@ mod tests {
         join.push(cmdline(10, 1, 100 * SEC, "p10.exe -a \"b c\""), t0);
         join.pop_ready(t0, &mut out);
         assert_eq!(out.len(), 2);
-        assert_eq!(argv(&out[0]), Some(vec!["p10.exe".into(), "-a".into(), "b c".into()]));
+        assert_eq!(
+            argv(&out[0]),
+            Some(vec!["p10.exe".into(), "-a".into(), "b c".into()])
+        );
         assert!(matches!(out[1], EtwRecord::ProcessStop(_)));
-        assert_eq!(join.stats(), JoinStats { joined: 1, missing: 0, unmatched: 0 });
+        assert_eq!(
+            join.stats(),
+            JoinStats {
+                joined: 1,
+                missing: 0,
+                unmatched: 0
+            }
+        );
         assert_eq!(join.held(), 0);
     }
 
@@ -398,6 +431,23 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_command_line_session_cannot_grow_the_queue_without_bound() {
+        let t0 = Instant::now();
+        let mut join = CommandLineJoin::new(Some(Duration::from_secs(3600)));
+        let mut out = Vec::new();
+        join.push(start(10, 1, 100 * SEC), t0);
+        for _ in 0..MAX_QUEUED {
+            join.push(stop(11), t0);
+        }
+        // One past the bound: the start stops waiting; nothing is lost.
+        join.pop_ready(t0, &mut out);
+        assert_eq!(out.len(), MAX_QUEUED + 1);
+        assert!(matches!(out[0], EtwRecord::ProcessStart(_)));
+        assert_eq!(join.stats().missing, 1);
+        assert_eq!(join.held(), 0);
+    }
+
+    #[test]
     fn flush_releases_everything_in_order() {
         let t0 = Instant::now();
         let mut join = CommandLineJoin::new(Some(WAIT));
@@ -408,6 +458,13 @@ mod tests {
         join.flush(&mut out);
         assert_eq!(out.len(), 2);
         assert!(matches!(out[0], EtwRecord::ProcessStart(_)));
-        assert_eq!(join.stats(), JoinStats { joined: 0, missing: 1, unmatched: 1 });
+        assert_eq!(
+            join.stats(),
+            JoinStats {
+                joined: 0,
+                missing: 1,
+                unmatched: 1
+            }
+        );
     }
 }

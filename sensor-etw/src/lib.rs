@@ -32,7 +32,7 @@ mod fixture;
 pub use device_path::DeviceMap;
 pub use join::CommandLineJoin;
 pub use record::{Connection, Direction, EtwRecord, KernelProcessStart, ProcessStart, ProcessStop};
-pub use session::{EtwSessions, SessionConfig, SessionStats};
+pub use session::{EtwSessions, SessionConfig, SessionHealth, SessionStats, Sink};
 pub use snapshot::ProcessInfo;
 pub use translate::{EventHeader, TranslateError, Translator};
 

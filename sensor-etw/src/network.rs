@@ -81,13 +81,18 @@ mod tests {
     #[test]
     fn ipv4_connect_uses_property_pid_and_network_order() {
         let t = Timestamp::from_unix_nanos(42);
-        let rec = connection(t, 12, 4, &v4_fixture()).expect("valid").expect("tcp event");
+        let rec = connection(t, 12, 4, &v4_fixture())
+            .expect("valid")
+            .expect("tcp event");
         assert_eq!(rec.pid, 4242, "the PID property owns the connection");
         assert_eq!(rec.header_pid, 4);
         assert_eq!(rec.direction, Direction::Outbound);
         assert_eq!(rec.family, SocketFamily::Ipv4);
         assert_eq!(rec.protocol, TransportProtocol::Tcp);
-        assert_eq!(rec.destination_ip, IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34)));
+        assert_eq!(
+            rec.destination_ip,
+            IpAddr::V4(Ipv4Addr::new(93, 184, 216, 34))
+        );
         assert_eq!(rec.destination_ip.to_string(), "93.184.216.34");
         assert_eq!(rec.destination_port, 443);
         assert_eq!(rec.source_ip.to_string(), "10.1.2.3");
@@ -106,13 +111,18 @@ mod tests {
 
     #[test]
     fn ipv6_connect_reads_sixteen_raw_bytes() {
-        let remote: Ipv6Addr = "2606:2800:220:1:248:1893:25c8:1946".parse().expect("literal");
+        let remote: Ipv6Addr = "2606:2800:220:1:248:1893:25c8:1946"
+            .parse()
+            .expect("literal");
         let rec = connection(Timestamp::default(), 28, 0, &v6_fixture(remote.octets()))
             .expect("valid")
             .expect("tcp event");
         assert_eq!(rec.family, SocketFamily::Ipv6);
         assert_eq!(rec.pid, 77);
-        assert_eq!(rec.destination_ip.to_string(), "2606:2800:220:1:248:1893:25c8:1946");
+        assert_eq!(
+            rec.destination_ip.to_string(),
+            "2606:2800:220:1:248:1893:25c8:1946"
+        );
         assert_eq!(rec.destination_port, 80);
         assert_eq!(rec.source_ip.to_string(), "fe80::1");
         assert_eq!(rec.source_port, 65534);
@@ -130,9 +140,14 @@ mod tests {
             .expect("tcp event");
         assert_eq!(rec.family, SocketFamily::Ipv6);
         assert_eq!(rec.destination_ip.to_string(), "::ffff:192.0.2.1");
-        let rec = connection(Timestamp::default(), 28, 0, &v6_fixture(Ipv6Addr::LOCALHOST.octets()))
-            .expect("valid")
-            .expect("tcp event");
+        let rec = connection(
+            Timestamp::default(),
+            28,
+            0,
+            &v6_fixture(Ipv6Addr::LOCALHOST.octets()),
+        )
+        .expect("valid")
+        .expect("tcp event");
         assert_eq!(rec.destination_ip.to_string(), "::1");
     }
 
@@ -145,6 +160,9 @@ mod tests {
 
     #[test]
     fn other_network_events_are_ignored() {
-        assert_eq!(connection(Timestamp::default(), 10, 0, &v4_fixture()), Ok(None));
+        assert_eq!(
+            connection(Timestamp::default(), 10, 0, &v4_fixture()),
+            Ok(None)
+        );
     }
 }

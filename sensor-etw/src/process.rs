@@ -117,7 +117,10 @@ mod tests {
         assert_eq!(rec.ppid, 1000);
         assert_eq!(rec.creator_pid, 999);
         assert_eq!(rec.create_time, CREATE);
-        assert_eq!(rec.start_time(), Some(Timestamp::from_unix_nanos(1_700_000_000_000_000_500)));
+        assert_eq!(
+            rec.start_time(),
+            Some(Timestamp::from_unix_nanos(1_700_000_000_000_000_500))
+        );
         assert_eq!(rec.exe.as_deref(), Some(r"C:\Windows\System32\cmd.exe"));
         assert_eq!(rec.comm, "cmd.exe");
         assert_eq!(rec.terminal().as_deref(), Some("session1"));
@@ -129,7 +132,10 @@ mod tests {
         let props = start_fixture(r"\Device\HarddiskVolume9\x\y.exe");
         let (rec, known) = start(Timestamp::default(), 1, &props, &devices()).expect("valid");
         assert!(!known);
-        assert_eq!(rec.exe.as_deref(), Some(r"\\?\GLOBALROOT\Device\HarddiskVolume9\x\y.exe"));
+        assert_eq!(
+            rec.exe.as_deref(),
+            Some(r"\\?\GLOBALROOT\Device\HarddiskVolume9\x\y.exe")
+        );
         assert_eq!(rec.comm, "y.exe");
         // After a reload that learned the volume, the same record maps to a drive letter.
         let mut rec = rec;
@@ -169,7 +175,14 @@ mod tests {
             .with("ImageName", b"cmd.exe\0".to_vec());
         let rec = stop(Timestamp::default(), &props).expect("valid");
         assert_eq!((rec.pid, rec.create_time), (4242, CREATE));
-        assert_eq!(rec.exit, ExitEvent { exit_code: Some(3), signal: None, core_dumped: false });
+        assert_eq!(
+            rec.exit,
+            ExitEvent {
+                exit_code: Some(3),
+                signal: None,
+                core_dumped: false
+            }
+        );
 
         let crashed = props.with("ExitCode", 0xC000_0005u32.to_le_bytes().to_vec());
         let rec = stop(Timestamp::default(), &crashed).expect("valid");

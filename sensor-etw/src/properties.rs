@@ -133,9 +133,10 @@ mod tests {
 
     #[test]
     fn integers_are_little_endian() {
-        let props = Fixture::new()
-            .with("PID", vec![0x92, 0x10, 0, 0])
-            .with("CreateTime", 0x0102_0304_0506_0708u64.to_le_bytes().to_vec());
+        let props = Fixture::new().with("PID", vec![0x92, 0x10, 0, 0]).with(
+            "CreateTime",
+            0x0102_0304_0506_0708u64.to_le_bytes().to_vec(),
+        );
         assert_eq!(props.u32("PID"), Ok(4242));
         assert_eq!(props.filetime("CreateTime"), Ok(0x0102_0304_0506_0708));
     }
@@ -148,26 +149,44 @@ mod tests {
 
     #[test]
     fn wrong_lengths_are_errors_not_panics() {
-        let props = Fixture::new().with("dport", vec![1]).with("daddr", vec![1, 2, 3]);
+        let props = Fixture::new()
+            .with("dport", vec![1])
+            .with("daddr", vec![1, 2, 3]);
         assert_eq!(
             props.port("dport"),
-            Err(PropertyError::Length { name: "dport".into(), expected: 2, actual: 1 })
+            Err(PropertyError::Length {
+                name: "dport".into(),
+                expected: 2,
+                actual: 1
+            })
         );
         assert!(props.ipv6("daddr").is_err());
-        assert_eq!(props.u32("absent"), Err(PropertyError::Missing("absent".into())));
+        assert_eq!(
+            props.u32("absent"),
+            Err(PropertyError::Missing("absent".into()))
+        );
     }
 
     #[test]
     fn utf16_stops_at_nul_and_rejects_lone_surrogates() {
         let props = Fixture::new()
             .with("ImageName", utf16z("C:\\Temp\\é.exe"))
-            .with("NoNul", "abc".encode_utf16().flat_map(u16::to_le_bytes).collect())
+            .with(
+                "NoNul",
+                "abc".encode_utf16().flat_map(u16::to_le_bytes).collect(),
+            )
             .with("Odd", vec![0x41, 0x00, 0x42])
             .with("Bad", vec![0x00, 0xD8, 0x41, 0x00]);
         assert_eq!(props.utf16("ImageName").as_deref(), Ok("C:\\Temp\\é.exe"));
         assert_eq!(props.utf16("NoNul").as_deref(), Ok("abc"));
-        assert!(matches!(props.utf16("Odd"), Err(PropertyError::Length { .. })));
-        assert_eq!(props.utf16("Bad"), Err(PropertyError::InvalidUtf16("Bad".into())));
+        assert!(matches!(
+            props.utf16("Odd"),
+            Err(PropertyError::Length { .. })
+        ));
+        assert_eq!(
+            props.utf16("Bad"),
+            Err(PropertyError::InvalidUtf16("Bad".into()))
+        );
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub const KERNEL_LOGGER_PROCESS_START: u8 = 1;
 pub const PROCESS_EVENT_IDS: [u16; 2] = [PROCESS_START, PROCESS_STOP];
 /// Event ids enabled on the Kernel-Network provider: TCP send/receive are the bulk of its
 /// traffic and would otherwise flood the session.
-pub const NETWORK_EVENT_IDS: [u16; 4] = [TCP_CONNECT_V4, TCP_ACCEPT_V4, TCP_CONNECT_V6, TCP_ACCEPT_V6];
+pub const NETWORK_EVENT_IDS: [u16; 4] =
+    [TCP_CONNECT_V4, TCP_ACCEPT_V4, TCP_CONNECT_V6, TCP_ACCEPT_V6];
 
 /// Which provider an event came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,14 +75,26 @@ mod tests {
 
     #[test]
     fn guids_match_their_registry_text() {
-        assert_eq!(KERNEL_PROCESS, guid("{22FB2CD6-0E7B-422B-A0C7-2FAD1FD0E716}"));
-        assert_eq!(KERNEL_NETWORK, guid("{7DD42A49-5329-4832-8DFD-43D979153A88}"));
-        assert_eq!(KERNEL_LOGGER_PROCESS, guid("{3d6fa8d0-fe05-11d0-9dda-00c04fd7ba7c}"));
+        assert_eq!(
+            KERNEL_PROCESS,
+            guid("{22FB2CD6-0E7B-422B-A0C7-2FAD1FD0E716}")
+        );
+        assert_eq!(
+            KERNEL_NETWORK,
+            guid("{7DD42A49-5329-4832-8DFD-43D979153A88}")
+        );
+        assert_eq!(
+            KERNEL_LOGGER_PROCESS,
+            guid("{3d6fa8d0-fe05-11d0-9dda-00c04fd7ba7c}")
+        );
     }
 
     #[test]
     fn providers_are_told_apart_by_guid() {
-        assert_eq!(ProviderKind::from_guid(KERNEL_NETWORK), Some(ProviderKind::KernelNetwork));
+        assert_eq!(
+            ProviderKind::from_guid(KERNEL_NETWORK),
+            Some(ProviderKind::KernelNetwork)
+        );
         assert_eq!(ProviderKind::from_guid(0), None);
     }
 

@@ -62,9 +62,13 @@ impl Default for SessionConfig {
 }
 
 impl SessionConfig {
-    /// Takes a per-buffer size in bytes (the collector's `buffer_bytes` option).
-    pub fn with_buffer_bytes(mut self, bytes: u32) -> Self {
-        self.buffer_kib = bytes / 1024;
+    /// Sizes the buffers from a memory budget per session, in bytes (the collector's
+    /// `buffer_bytes`, 16 MiB by default): 256 KiB buffers, as many as the budget holds but
+    /// never fewer than 64, and room to double under load.
+    pub fn with_budget_bytes(mut self, bytes: u32) -> Self {
+        self.buffer_kib = MIN_BUFFER_KIB;
+        self.min_buffers = (bytes / (MIN_BUFFER_KIB * 1024)).max(MIN_BUFFERS);
+        self.max_buffers = self.min_buffers.saturating_mul(2);
         self
     }
 
@@ -100,7 +104,13 @@ pub struct SessionStats {
     pub cmdline_buffers_lost: u64,
     /// Events that could not be decoded (missing schema or property).
     pub malformed: u64,
-    /// The main session's processing thread has returned: no more events will come.
+}
+
+/// Whether the sessions still deliver (cheap: no system call).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionHealth {
+    /// The main session's processing thread has returned: no more events will come (the
+    /// session was stopped from outside, e.g. `logman stop`, or failed).
     pub main_ended: bool,
     /// The command-line session runs (started, and its thread has not returned).
     pub command_lines: bool,
@@ -154,6 +164,15 @@ impl EtwSessions {
         match self.never {}
     }
 
+    pub fn health(&self) -> SessionHealth {
+        #[cfg(windows)]
+        {
+            self.inner.health()
+        }
+        #[cfg(not(windows))]
+        match self.never {}
+    }
+
     /// Stops both sessions; events still buffered are discarded.
     pub fn stop(self) {
         #[cfg(windows)]
@@ -185,7 +204,7 @@ mod imp {
         ControlTraceW, CONTROLTRACE_HANDLE, EVENT_TRACE_CONTROL_QUERY, EVENT_TRACE_PROPERTIES,
     };
 
-    use super::{SessionConfig, SessionStats, Sink};
+    use super::{SessionConfig, SessionHealth, SessionStats, Sink};
     use crate::device_path::DeviceMap;
     use crate::properties::{EventProperties, PropertyError};
     use crate::provider::{
@@ -321,6 +340,11 @@ mod imp {
                 cmdline_events_lost,
                 cmdline_buffers_lost,
                 malformed: self.shared.malformed.load(Ordering::Relaxed),
+            }
+        }
+
+        pub fn health(&self) -> SessionHealth {
+            SessionHealth {
                 main_ended: self.shared.main_ended.load(Ordering::Relaxed),
                 command_lines: self.cmdline.is_some()
                     && !self.shared.cmdline_ended.load(Ordering::Relaxed),
@@ -384,9 +408,16 @@ mod imp {
                     on_event(record, locator, &translator, &sink, &shared)
                 })
                 .build();
+            // Process events only: the measured minimum holds a burst of tens of thousands
+            // of starts, whatever budget the main session got.
+            let sizing = SessionConfig {
+                flush_timer: config.flush_timer,
+                ..SessionConfig::default()
+            }
+            .effective();
             KernelTrace::new()
                 .named(name.to_string())
-                .set_trace_properties(properties(config, false))
+                .set_trace_properties(properties(&sizing, false))
                 .enable(provider)
                 .start()
         })?;
@@ -403,8 +434,13 @@ mod imp {
     ) -> Result<T, EtwError> {
         match start() {
             Ok(started) => Ok(started),
-            Err(TraceError::EtwNativeError(ferrisetw::native::EvntraceNativeError::AlreadyExist)) => {
-                tracing::warn!(session = name, "replacing an ETW session left by a previous run");
+            Err(TraceError::EtwNativeError(
+                ferrisetw::native::EvntraceNativeError::AlreadyExist,
+            )) => {
+                tracing::warn!(
+                    session = name,
+                    "replacing an ETW session left by a previous run"
+                );
                 if let Err(err) = stop_trace_by_name(name) {
                     tracing::warn!(?err, session = name, "stopping the stale session");
                 }
@@ -443,7 +479,11 @@ mod imp {
                 // ProcessTrace returns when the session stops (ours, or stopped from outside
                 // with `logman stop`); either way no more events come from it.
                 let result = process();
-                let flag = if cmdline { &shared.cmdline_ended } else { &shared.main_ended };
+                let flag = if cmdline {
+                    &shared.cmdline_ended
+                } else {
+                    &shared.main_ended
+                };
                 flag.store(true, Ordering::Relaxed);
                 match result {
                     Ok(()) => tracing::info!(thread = %name, "ETW processing ended"),
@@ -480,14 +520,18 @@ mod imp {
         let schema = match locator.event_schema(record) {
             Ok(schema) => schema,
             Err(err) => {
-                malformed(shared, || format!("{}: no schema: {err:?}", provider.name()));
+                malformed(shared, || {
+                    format!("{}: no schema: {err:?}", provider.name())
+                });
                 return;
             }
         };
         let parser = Parser::create(record, &schema);
         // A poisoned lock only means an earlier callback panicked mid-translation; the
         // translator holds no invariant that panic could break.
-        let mut translator = translator.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut translator = translator
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match translator.translate(&header, &ParserProperties(&parser)) {
             Ok(Some(out)) => sink(out),
             Ok(None) => {}
@@ -559,10 +603,33 @@ mod tests {
             ..SessionConfig::default()
         }
         .effective();
-        assert_eq!((tiny.buffer_kib, tiny.min_buffers, tiny.max_buffers), (256, 64, 64));
+        assert_eq!(
+            (tiny.buffer_kib, tiny.min_buffers, tiny.max_buffers),
+            (256, 64, 64)
+        );
         assert_eq!(tiny.flush_timer, Duration::from_secs(1));
-        let huge = SessionConfig::default().with_buffer_bytes(8 << 20).effective();
+        let huge = SessionConfig {
+            buffer_kib: 8 << 10,
+            ..SessionConfig::default()
+        }
+        .effective();
         assert_eq!(huge.buffer_kib, MAX_BUFFER_KIB);
+        // The collector's default budget, 16 MiB, is exactly the measured minimum.
+        let budget = SessionConfig::default()
+            .with_budget_bytes(16 << 20)
+            .effective();
+        assert_eq!(
+            (budget.buffer_kib, budget.min_buffers, budget.max_buffers),
+            (256, 64, 128)
+        );
+        let small = SessionConfig::default()
+            .with_budget_bytes(1 << 20)
+            .effective();
+        assert_eq!(small.min_buffers, 64);
+        let big = SessionConfig::default()
+            .with_budget_bytes(64 << 20)
+            .effective();
+        assert_eq!((big.min_buffers, big.max_buffers), (256, 512));
         let default = SessionConfig::default().effective();
         assert!(default.buffer_kib * default.min_buffers >= 256 * 64);
         assert_eq!(default.command_line_session_name(), "Osprey-Sensor-CmdLine");
@@ -576,9 +643,12 @@ mod tests {
             cmdline_events_lost: 3,
             cmdline_buffers_lost: 4,
             malformed: 5,
-            ..SessionStats::default()
         };
-        let names: Vec<_> = stats.drops().iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let names: Vec<_> = stats
+            .drops()
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
         assert_eq!(
             names,
             [
@@ -595,7 +665,9 @@ mod tests {
     #[test]
     fn elsewhere_the_source_says_it_needs_windows() {
         let sink: Sink = Arc::new(|_| {});
-        let err = EtwSessions::start(&SessionConfig::default(), sink).err().expect("stub");
+        let err = EtwSessions::start(&SessionConfig::default(), sink)
+            .err()
+            .expect("stub");
         assert_eq!(err.to_string(), "ETW is only available on Windows");
     }
 }

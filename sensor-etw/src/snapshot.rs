@@ -82,7 +82,9 @@ pub fn command_line(pid: u32, create_time: u64) -> Option<String> {
 #[cfg(windows)]
 mod imp {
     use windows::core::PWSTR;
-    use windows::Wdk::System::Threading::{NtQueryInformationProcess, ProcessCommandLineInformation};
+    use windows::Wdk::System::Threading::{
+        NtQueryInformationProcess, ProcessCommandLineInformation,
+    };
     use windows::Win32::Foundation::{CloseHandle, FILETIME, HANDLE, UNICODE_STRING};
     use windows::Win32::System::Diagnostics::ToolHelp::{
         CreateToolhelp32Snapshot, Process32FirstW, Process32NextW, PROCESSENTRY32W,
@@ -257,9 +259,63 @@ mod tests {
             session_id: Some(2),
             ..ProcessInfo::default()
         };
-        assert_eq!(info.argv(), Some(vec![r"C:\Program Files\x.exe".into(), "-y".into()]));
+        assert_eq!(
+            info.argv(),
+            Some(vec![r"C:\Program Files\x.exe".into(), "-y".into()])
+        );
         assert_eq!(info.terminal().as_deref(), Some("session2"));
-        assert_eq!(ProcessInfo { session_id: Some(0), ..info }.terminal(), None);
+        assert_eq!(
+            ProcessInfo {
+                session_id: Some(0),
+                ..info
+            }
+            .terminal(),
+            None
+        );
+    }
+
+    /// Runs the real Windows calls (under wine in CI): the snapshot finds this test process,
+    /// with the command line it was started with and a creation time that identifies it.
+    #[cfg(windows)]
+    #[test]
+    fn own_process_is_in_the_snapshot_with_its_command_line() {
+        let me = std::process::id();
+        let all = processes().expect("snapshot");
+        let mine = all
+            .iter()
+            .find(|p| p.pid == me)
+            .expect("this process is listed");
+        assert!(mine.name.to_ascii_lowercase().ends_with(".exe"), "{mine:?}");
+        let exe = mine.exe.as_deref().expect("image path");
+        assert!(exe.contains(":\\") && exe.ends_with(&mine.name), "{exe}");
+        let created = mine.create_time.expect("creation time");
+        let started = crate::filetime::to_timestamp(created).expect("after 1970");
+        let age = protocol::Timestamp::now().unix_nanos() - started.unix_nanos();
+        assert!((0..3_600_000_000_000).contains(&age), "started {started}");
+        assert!(live().expect("live").contains(&(me, Some(created))));
+        // A different creation time is a different process: no answer.
+        assert_eq!(command_line(me, created + 1), None);
+        if is_wine() {
+            // Wine 8 does not implement ProcessCommandLineInformation: only Windows can
+            // check the command line (docs/windows.md).
+            assert_eq!(mine.command_line, None);
+            return;
+        }
+        let line = mine.command_line.as_deref().expect("command line");
+        assert!(line.contains("sensor_etw"), "{line}");
+        assert_eq!(command_line(me, created).as_deref(), Some(line));
+    }
+
+    #[cfg(windows)]
+    fn is_wine() -> bool {
+        use windows::core::{s, w};
+        use windows::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
+        // SAFETY: plain lookups of a loaded module and one of its exports.
+        unsafe {
+            GetModuleHandleW(w!("ntdll.dll"))
+                .map(|ntdll| GetProcAddress(ntdll, s!("wine_get_version")).is_some())
+                .unwrap_or(false)
+        }
     }
 
     #[cfg(not(windows))]

@@ -110,9 +110,9 @@ impl Translator {
                 }
                 Some(EtwRecord::ProcessStart(record))
             }
-            ProviderKind::KernelProcess => {
-                Some(EtwRecord::ProcessStop(process::stop(time, props).map_err(context)?))
-            }
+            ProviderKind::KernelProcess => Some(EtwRecord::ProcessStop(
+                process::stop(time, props).map_err(context)?,
+            )),
             ProviderKind::KernelNetwork => {
                 network::connection(time, header.event_id, header.pid, props)
                     .map_err(context)?
@@ -161,7 +161,13 @@ mod tests {
     const T0: i64 = (UNIX_EPOCH_AS_FILETIME + 17_000_000_000_000_000) as i64;
 
     fn header(provider: ProviderKind, event_id: u16, opcode: u8) -> EventHeader {
-        EventHeader { provider, event_id, opcode, pid: 4, timestamp: T0 }
+        EventHeader {
+            provider,
+            event_id,
+            opcode,
+            pid: 4,
+            timestamp: T0,
+        }
     }
 
     fn start_props(image: &str) -> Fixture {
@@ -177,7 +183,10 @@ mod tests {
     fn header_time_becomes_the_record_time() {
         let mut t = Translator::new(DeviceMap::default());
         let rec = t
-            .translate(&header(ProviderKind::KernelProcess, 1, 1), &start_props(r"C:\a.exe"))
+            .translate(
+                &header(ProviderKind::KernelProcess, 1, 1),
+                &start_props(r"C:\a.exe"),
+            )
             .expect("valid")
             .expect("process start");
         assert_eq!(rec.time().to_string(), "2023-11-14T22:13:20.000000000Z");
@@ -187,8 +196,14 @@ mod tests {
     fn unwanted_events_are_skipped_without_reading_properties() {
         let mut t = Translator::new(DeviceMap::default());
         let empty = Fixture::new();
-        assert_eq!(t.translate(&header(ProviderKind::KernelProcess, 5, 0), &empty), Ok(None));
-        assert_eq!(t.translate(&header(ProviderKind::KernelNetwork, 10, 10), &empty), Ok(None));
+        assert_eq!(
+            t.translate(&header(ProviderKind::KernelProcess, 5, 0), &empty),
+            Ok(None)
+        );
+        assert_eq!(
+            t.translate(&header(ProviderKind::KernelNetwork, 10, 10), &empty),
+            Ok(None)
+        );
         // Kernel logger DCStart (3): the processes running when the session began.
         assert_eq!(
             t.translate(&header(ProviderKind::KernelLoggerProcess, 0, 3), &empty),
@@ -200,9 +215,16 @@ mod tests {
     fn malformed_events_and_bad_times_are_errors() {
         let mut t = Translator::new(DeviceMap::default());
         let err = t
-            .translate(&header(ProviderKind::KernelNetwork, 12, 12), &Fixture::new())
+            .translate(
+                &header(ProviderKind::KernelNetwork, 12, 12),
+                &Fixture::new(),
+            )
             .expect_err("no properties");
-        assert!(err.to_string().contains("Microsoft-Windows-Kernel-Network event 12"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("Microsoft-Windows-Kernel-Network event 12"),
+            "{err}"
+        );
         let mut bad = header(ProviderKind::KernelProcess, 1, 1);
         bad.timestamp = 0;
         assert!(matches!(
@@ -227,7 +249,9 @@ mod tests {
             .translate(&h, &start_props(r"\Device\HarddiskVolume7\usb\tool.exe"))
             .expect("valid");
         match rec {
-            Some(EtwRecord::ProcessStart(p)) => assert_eq!(p.exe.as_deref(), Some(r"F:\usb\tool.exe")),
+            Some(EtwRecord::ProcessStart(p)) => {
+                assert_eq!(p.exe.as_deref(), Some(r"F:\usb\tool.exe"))
+            }
             other => panic!("unexpected {other:?}"),
         }
         // Another unknown volume within the interval does not reload again.

@@ -15,6 +15,8 @@ use protocol::{Event, EventDetail, Finding, Heartbeat};
 pub struct Received {
     pub events: Vec<Event>,
     pub findings: Vec<Finding>,
+    /// When each finding reached this subscriber (wall clock), for latency measurements.
+    pub finding_arrivals: Vec<protocol::Timestamp>,
     pub heartbeats: Vec<Heartbeat>,
 }
 
@@ -115,7 +117,9 @@ async fn subscribe(client: &async_nats::Client, host: &str, received: Arc<Mutex<
                 }
                 Some(m) = findings.next() => {
                     let f: Finding = protocol::decode(&m.payload).expect("findings decode");
-                    received.lock().unwrap().findings.push(f);
+                    let mut r = received.lock().unwrap();
+                    r.findings.push(f);
+                    r.finding_arrivals.push(protocol::Timestamp::now());
                 }
                 Some(m) = heartbeats.next() => {
                     let h: Heartbeat = protocol::decode(&m.payload).expect("heartbeat decode");

@@ -36,6 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::all(),
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run_bench(args),
     }
 }

@@ -47,7 +47,7 @@ impl Heuristics {
         let invoked = p.invoked_path.as_deref().map(|i| i.rsplit('/').next().unwrap_or(i));
         [Some(p.name.as_str()), invoked].into_iter().flatten().find(|name| {
             let lower = name.to_ascii_lowercase();
-            self.engines.iter().any(|e| *e == lower)
+            self.engines.contains(&lower)
                 || self.engine_prefixes.iter().any(|pre| {
                     // "python3.11" matches "python*", "pythonista" does not.
                     lower.strip_prefix(pre.as_str()).is_some_and(|rest| {

@@ -253,7 +253,7 @@ impl ProcessTable {
     pub fn reap(&mut self) {
         let now = Instant::now();
         self.entries
-            .retain(|_, e| e.exited.map_or(true, |at| now.duration_since(at) < EXITED_GRACE));
+            .retain(|_, e| e.exited.is_none_or(|at| now.duration_since(at) < EXITED_GRACE));
     }
 
     pub fn len(&self) -> usize {

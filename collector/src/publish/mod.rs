@@ -94,7 +94,8 @@ pub struct PublisherStats {
     pub spool_write_errors: u64,
     /// Findings acknowledged by JetStream (a re-sent duplicate counts once per ack).
     pub findings_published: u64,
-    /// Findings that could not be encoded, or whose spooled copy was unreadable.
+    /// Findings that can never be published: not encodable, spooled copy unreadable, or
+    /// larger than the server's max_payload (those two are kept as `*.finding.unsent`).
     pub findings_failed: u64,
     /// Events handed to the NATS client while connected (core NATS: not a delivery receipt).
     pub events_published: u64,
@@ -259,7 +260,8 @@ impl Publisher {
 
     /// Durably appends a finding to the spool (when NATS is configured) and wakes the sender;
     /// prints it when jsonl output is on. Does small synchronous disk I/O (write + fsync):
-    /// findings are rare next to events, and durability comes before returning.
+    /// findings are rare next to events, and durability comes before returning. With jsonl
+    /// output it waits for room in the output queue rather than drop a finding from it.
     pub fn finding(&self, finding: &Finding) {
         let inner = &self.inner;
         if let Some(spool) = &inner.spool {

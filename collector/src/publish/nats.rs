@@ -137,6 +137,8 @@ enum DeliveryError {
     NotConnected,
     #[error("cannot create or look up stream OSPREY_FINDINGS: {0}")]
     Stream(#[from] jetstream::context::CreateStreamError),
+    #[error("encoded finding is {len} bytes, over the server's max_payload of {max_payload}")]
+    TooLarge { len: usize, max_payload: usize },
     #[error("JetStream publish failed: {0}")]
     Publish(#[from] jetstream::context::PublishError),
 }
@@ -199,11 +201,8 @@ impl FindingSender {
             let finding: Finding = match protocol::decode(&head.payload) {
                 Ok(finding) => finding,
                 Err(error) => {
-                    tracing::error!(seq = head.seq, %error, "spooled finding is unreadable; set aside as .corrupt");
-                    lock(&self.spool).quarantine(head.seq);
-                    self.counters
-                        .findings_failed
-                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(seq = head.seq, %error, "spooled finding is unreadable; set aside as .unsent");
+                    self.set_aside(head.seq);
                     continue;
                 }
             };
@@ -225,6 +224,11 @@ impl FindingSender {
                     }
                     failures = 0;
                     backoff.reset();
+                }
+                Err(error @ DeliveryError::TooLarge { .. }) => {
+                    // Retrying cannot help, and the server would drop the connection.
+                    tracing::error!(id = %finding.id, %error, "finding set aside as .unsent");
+                    self.set_aside(head.seq);
                 }
                 Err(error) => {
                     // Any failure may mean the stream was deleted or never created: look it up
@@ -258,6 +262,13 @@ impl FindingSender {
         if self.client.connection_state() != State::Connected {
             return Err(DeliveryError::NotConnected);
         }
+        let max_payload = self.client.server_info().max_payload;
+        if max_payload > 0 && payload.len() > max_payload {
+            return Err(DeliveryError::TooLarge {
+                len: payload.len(),
+                max_payload,
+            });
+        }
         if !*stream_ready {
             ensure_stream(js, &self.config).await?;
             *stream_ready = true;
@@ -270,6 +281,13 @@ impl FindingSender {
             .await?
             .await?;
         Ok(ack)
+    }
+
+    fn set_aside(&self, seq: u64) {
+        lock(&self.spool).set_aside(seq);
+        self.counters
+            .findings_failed
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits for the backoff, cut short when NATS reconnects or shutdown starts.

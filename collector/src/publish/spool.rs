@@ -18,7 +18,9 @@ use std::{
 
 const SUFFIX: &str = ".finding";
 const TEMP_SUFFIX: &str = ".finding.tmp";
-const CORRUPT_SUFFIX: &str = ".finding.corrupt";
+/// Findings that can never be sent (unreadable, or larger than the server accepts), kept for
+/// inspection.
+const UNSENT_SUFFIX: &str = ".finding.unsent";
 /// Enough digits for any u64, so lexical and numeric order agree.
 const SEQ_DIGITS: usize = 20;
 
@@ -219,8 +221,9 @@ impl Spool {
         true
     }
 
-    /// Sets an unreadable finding aside (renamed, kept for inspection) so delivery can go on.
-    pub fn quarantine(&mut self, seq: u64) {
+    /// Sets a finding that can never be sent aside (renamed, kept for inspection) so delivery
+    /// of the others can go on.
+    pub fn set_aside(&mut self, seq: u64) {
         let Some(index) = self.entries.iter().position(|entry| entry.seq == seq) else {
             return;
         };
@@ -228,9 +231,9 @@ impl Spool {
             self.bytes -= entry.len;
             if entry.in_memory.is_none() {
                 let from = self.path(seq);
-                let to = self.dir.join(format!("{seq:0SEQ_DIGITS$}{CORRUPT_SUFFIX}"));
+                let to = self.dir.join(format!("{seq:0SEQ_DIGITS$}{UNSENT_SUFFIX}"));
                 if let Err(error) = fs::rename(&from, &to) {
-                    tracing::warn!(path = %from.display(), %error, "spool: cannot set an unreadable finding aside; deleting it");
+                    tracing::warn!(path = %from.display(), %error, "spool: cannot set an unsendable finding aside; deleting it");
                     self.delete_file(seq);
                 }
             }
@@ -461,17 +464,17 @@ mod tests {
     }
 
     #[test]
-    fn quarantined_findings_leave_the_queue_but_stay_on_disk() {
+    fn findings_set_aside_leave_the_queue_but_stay_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), 100, 1 << 20);
         let mut spool = Spool::open(&cfg).unwrap();
         let bad = spool.append(b"garbage");
         spool.append(b"good");
-        spool.quarantine(bad);
+        spool.set_aside(bad);
         assert_eq!(drain(&mut spool), vec![b"good".to_vec()]);
         assert!(dir
             .path()
-            .join(format!("{bad:020}{CORRUPT_SUFFIX}"))
+            .join(format!("{bad:020}{UNSENT_SUFFIX}"))
             .exists());
         assert!(Spool::open(&cfg).unwrap().is_empty());
     }

@@ -3,13 +3,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind};
-use regex::RegexSetBuilder;
+use ipnet::IpNet;
+use regex::{Regex, RegexSetBuilder};
 
-use super::{expr::Expr, CompiledRule, FieldIndex, Literals, Matcher};
+use super::{
+    expr::Expr, Automaton, CompiledRule, FieldIndex, LazyAtom, Literals, Matcher, Product,
+};
 use crate::{
     field::Field,
-    ir::{Cond, Item, Pattern, RuleIr},
+    ir::{Cond, Item, LitKind, Pattern, RuleIr},
 };
 
 /// Large enough for the corpus's `(.){200,}` in Unicode mode with room to grow; the default
@@ -63,9 +65,7 @@ impl Atoms {
             Cond::And(v) => one_or(v.iter().map(|c| self.lower(c)).collect(), Expr::And),
             Cond::Or(v) => one_or(v.iter().map(|c| self.lower(c)).collect(), Expr::Or),
             Cond::Not(c) => Expr::Not(Box::new(self.lower(c))),
-            Cond::AtLeast(n, v) => {
-                Expr::AtLeast(*n, v.iter().map(|c| self.lower(c)).collect())
-            }
+            Cond::AtLeast(n, v) => Expr::AtLeast(*n, v.iter().map(|c| self.lower(c)).collect()),
         }
     }
 }
@@ -78,34 +78,82 @@ pub(crate) fn build(rules: &[&RuleIr]) -> Result<Matcher, String> {
     for rule in rules {
         compiled.push(CompiledRule {
             info: rule.info.clone(),
-            product: rule.product.as_deref().map(Box::from),
+            product: Product::of(rule.product.as_deref()),
             expr: atoms.lower(&rule.cond),
         });
     }
 
+    // Regexes are the costliest tests. Most sit next to a literal in an AND (an Image suffix,
+    // a command-line keyword), so they are left lazy: computed during evaluation, only for
+    // rules a literal already made candidates. A regex whose rule could fire without any
+    // eager atom hitting (a regex-only selection) is scanned eagerly, in the field's RegexSet.
+    let mut eager: Vec<bool> = atoms
+        .defs
+        .iter()
+        .map(|(_, p)| !matches!(p, Pattern::Regex(_)))
+        .collect();
+    for rule in &compiled {
+        let unknown = rule
+            .expr
+            .eval3(&|a| if eager[a as usize] { Some(false) } else { None })
+            .is_none();
+        if unknown {
+            let mut used = Vec::new();
+            rule.expr.atoms(&mut used);
+            for atom in used {
+                eager[atom as usize] = true;
+            }
+        }
+    }
+
+    // Each rule is indexed under its trigger: the rarest set of scanned atoms one of which
+    // must hit for it to hold (e.g. `Image|endswith: /gcc` rather than `CommandLine|contains:
+    // -o`), so an input wakes only the rules it is close to matching.
+    let likelihood = |a: u32| eager[a as usize].then(|| likelihood(&atoms.defs[a as usize].1));
     let mut atom_rules: Vec<Vec<u32>> = vec![Vec::new(); atoms.defs.len()];
     let mut always = Vec::new();
     for (r, rule) in compiled.iter().enumerate() {
-        let mut used = Vec::new();
-        rule.expr.atoms(&mut used);
+        let mut used = match rule.expr.trigger(&likelihood) {
+            Some((_, atoms)) => atoms,
+            None => {
+                let mut used = Vec::new();
+                rule.expr.atoms(&mut used);
+                used
+            }
+        };
         used.sort_unstable();
         used.dedup();
-        for atom in used {
+        for atom in used.into_iter().filter(|a| eager[*a as usize]) {
             atom_rules[atom as usize].push(r as u32);
         }
-        // With no atom hit, a rule's outcome is this constant; if it is true (`not filter`),
-        // the rule must be looked at on every input.
-        if rule.expr.eval(&|_| false) {
+        // With no eager atom hit, a rule's outcome is now this constant (lazy atoms can no
+        // longer change it); if it is true (`not filter`), the rule is looked at on every
+        // input. Unknown cannot remain after the promotion above; treat it as "always" anyway.
+        let without_hits = rule
+            .expr
+            .eval3(&|a| if eager[a as usize] { Some(false) } else { None });
+        if without_hits != Some(false) {
             always.push(r as u32);
         }
     }
 
+    let mut lazy: Vec<Option<LazyAtom>> = Vec::with_capacity(atoms.defs.len());
     let mut by_field: BTreeMap<Field, Vec<(u32, &Pattern)>> = BTreeMap::new();
     for (atom, (field, pattern)) in atoms.defs.iter().enumerate() {
-        by_field
-            .entry(*field)
-            .or_default()
-            .push((atom as u32, pattern));
+        if eager[atom] {
+            lazy.push(None);
+            by_field
+                .entry(*field)
+                .or_default()
+                .push((atom as u32, pattern));
+        } else if let Pattern::Regex(source) = pattern {
+            let regex =
+                Regex::new(source).map_err(|e| format!("cannot build regex {source:?}: {e}"))?;
+            lazy.push(Some(LazyAtom {
+                field: *field,
+                regex,
+            }));
+        }
     }
     let mut fields = Vec::with_capacity(by_field.len());
     for (field, patterns) in by_field {
@@ -115,10 +163,32 @@ pub(crate) fn build(rules: &[&RuleIr]) -> Result<Matcher, String> {
     Ok(Matcher {
         fields,
         atom_count: atoms.defs.len(),
+        lazy: lazy.into_boxed_slice(),
         atom_rules: atom_rules.into_iter().map(Vec::into_boxed_slice).collect(),
         always: always.into_boxed_slice(),
         rules: compiled,
     })
+}
+
+/// A rough chance that a scanned atom hits a typical input (lower is rarer), to pick
+/// triggers: a literal of n characters is rarer the longer it is, and `contains` may match
+/// anywhere in a command line of some 50 characters.
+fn likelihood(pattern: &Pattern) -> f64 {
+    let p = match pattern {
+        Pattern::Literal { kind, text } => {
+            let chance = 0.25f64.powi(text.chars().count().min(30) as i32);
+            match kind {
+                LitKind::Exact => chance * 0.1,
+                LitKind::Prefix | LitKind::Suffix => chance,
+                LitKind::Contains => chance * 50.0,
+            }
+        }
+        Pattern::Regex(_) => 0.5,
+        Pattern::Cidr(_) | Pattern::Range { .. } => 0.3,
+        Pattern::Null | Pattern::Exists(false) => 0.5,
+        Pattern::Exists(true) => 1.0,
+    };
+    p.min(1.0)
 }
 
 fn field_index(field: Field, patterns: &[(u32, &Pattern)]) -> Result<FieldIndex, String> {
@@ -138,6 +208,23 @@ fn field_index(field: Field, patterns: &[(u32, &Pattern)]) -> Result<FieldIndex,
     let mut regex_sources = Vec::new();
     let mut regex_atoms = Vec::new();
     for &(atom, pattern) in patterns {
+        // An address written as a plain value (`DestinationIp: 127.0.0.1`) is tested as a
+        // one-address network: no text form needed, and `::1` equals `0::1`.
+        if let (
+            true,
+            Pattern::Literal {
+                kind: LitKind::Exact,
+                text,
+            },
+        ) = (field.is_address(), pattern)
+        {
+            if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+                index
+                    .cidrs
+                    .push((IpNet::from(crate::field::canonical(ip)), atom));
+                continue;
+            }
+        }
         match pattern {
             Pattern::Literal { kind, text } if text.is_empty() => {
                 index.empty_literals.push((*kind, atom))
@@ -162,17 +249,18 @@ fn field_index(field: Field, patterns: &[(u32, &Pattern)]) -> Result<FieldIndex,
     }
     if !texts.is_empty() {
         // A DFA trades memory (a few MiB for the whole corpus) for the fastest scan, which is
-        // the right trade on a per-event hot path.
-        let automaton = AhoCorasick::builder()
+        // the right trade on a per-event hot path; past its size limit, a contiguous NFA.
+        let automaton = match aho_corasick::dfa::DFA::builder()
             .ascii_case_insensitive(true)
-            .kind(Some(AhoCorasickKind::DFA))
             .build(&texts)
-            .or_else(|_| {
-                AhoCorasick::builder()
-                    .ascii_case_insensitive(true)
-                    .build(&texts)
-            })
-            .map_err(|e| format!("cannot build the literal automaton for {field:?}: {e}"))?;
+        {
+            Ok(dfa) => Automaton::Dfa(dfa),
+            Err(_) => aho_corasick::nfa::contiguous::NFA::builder()
+                .ascii_case_insensitive(true)
+                .build(&texts)
+                .map(Automaton::Nfa)
+                .map_err(|e| format!("cannot build the literal automaton for {field:?}: {e}"))?,
+        };
         index.literals = Some(Literals { automaton, targets });
     }
     if !regex_sources.is_empty() {

@@ -28,7 +28,7 @@ pub(crate) fn compile_rule(
     rule: file::PolicyRule,
     path: &Path,
     text: &str,
-) -> Result<PolicyRule, Problem> {
+) -> Result<PolicyRule, Box<Problem>> {
     let rule_line = locate::rule_line(text, &rule.id);
     let problem = |field: &str, message: String| {
         // Point at the key itself when it can be found inside this rule, else at the rule.
@@ -36,11 +36,13 @@ pub(crate) fn compile_rule(
         let line = rule_line
             .and_then(|from| locate::key_line(text, from, key, true))
             .or(rule_line);
-        Problem::new(ProblemKind::Invalid, message)
-            .at(path)
-            .line(line)
-            .rule(&rule.id)
-            .field(field)
+        Box::new(
+            Problem::new(ProblemKind::Invalid, message)
+                .at(path)
+                .line(line)
+                .rule(&rule.id)
+                .field(field),
+        )
     };
     if rule.id.trim().is_empty() {
         return Err(problem("id", "a rule id must not be empty".into()));
@@ -53,8 +55,7 @@ pub(crate) fn compile_rule(
     if when.items.is_empty() {
         return Err(problem(
             "match",
-            "a rule needs at least one condition (an empty match would fire on everything)"
-                .into(),
+            "a rule needs at least one condition (an empty match would fire on everything)".into(),
         ));
     }
     let mut cond = when.items;
@@ -68,7 +69,10 @@ pub(crate) fn compile_rule(
 
     let subjects = match &rule.events {
         Some(events) if events.is_empty() => {
-            return Err(problem("events", "events must name at least one of exec, connect, sample".into()))
+            return Err(problem(
+                "events",
+                "events must name at least one of exec, connect, sample".into(),
+            ))
         }
         Some(events) => {
             if when.network {
@@ -125,16 +129,19 @@ struct Compiled {
 fn conditions(
     c: &Conditions,
     section: &str,
-    problem: &dyn Fn(&str, String) -> Problem,
-) -> Result<Compiled, Problem> {
+    problem: &dyn Fn(&str, String) -> Box<Problem>,
+) -> Result<Compiled, Box<Problem>> {
     let mut items = Vec::new();
     let name = |key: &str| format!("{section}.{key}");
-    let list = |key: &str, values: &Strings| -> Result<Vec<String>, Problem> {
+    let list = |key: &str, values: &Strings| -> Result<Vec<String>, Box<Problem>> {
         if values.0.is_empty() {
             return Err(problem(&name(key), "the list is empty".into()));
         }
         if values.0.iter().any(|v| v.is_empty()) {
-            return Err(problem(&name(key), "empty values match nothing useful".into()));
+            return Err(problem(
+                &name(key),
+                "empty values match nothing useful".into(),
+            ));
         }
         Ok(values.0.clone())
     };
@@ -191,7 +198,12 @@ fn conditions(
             let uid: u32 = v
                 .parse()
                 .map_err(|_| problem(&name("uid"), format!("{v:?} is not a numeric user id")))?;
-            patterns.push(pattern::string(&uid.to_string(), LitKind::Exact, false, false));
+            patterns.push(pattern::string(
+                &uid.to_string(),
+                LitKind::Exact,
+                false,
+                false,
+            ));
         }
         push(Field::Uid, patterns);
     }
@@ -242,7 +254,10 @@ fn conditions(
     }
     if let Some(mb) = c.rss_above_mb {
         let bytes = mb.checked_mul(MIB).ok_or_else(|| {
-            problem(&name("rss_above_mb"), format!("{mb} MB is beyond any memory size"))
+            problem(
+                &name("rss_above_mb"),
+                format!("{mb} MB is beyond any memory size"),
+            )
         })?;
         push(
             Field::RssBytes,

@@ -53,7 +53,10 @@ impl Heuristics {
             },
         };
         Heuristics {
-            script_engine_network: merge(file.script_engine_network, defaults.script_engine_network),
+            script_engine_network: merge(
+                file.script_engine_network,
+                defaults.script_engine_network,
+            ),
             script_engine_background: merge(
                 file.script_engine_background,
                 defaults.script_engine_background,

@@ -53,14 +53,16 @@ pub(crate) fn compile(
     path: &Path,
     text: &str,
     fallback_id: String,
-) -> Result<SigmaRule, Problem> {
+) -> Result<SigmaRule, Box<Problem>> {
     let id = doc.id.clone().unwrap_or(fallback_id);
     let problem = |field: &str, message: String| {
-        Problem::new(ProblemKind::Invalid, message)
-            .at(path)
-            .line(locate::key_line(text, 1, field, false))
-            .rule(&id)
-            .field(field)
+        Box::new(
+            Problem::new(ProblemKind::Invalid, message)
+                .at(path)
+                .line(locate::key_line(text, 1, field, false))
+                .rule(&id)
+                .field(field),
+        )
     };
     let title = match doc.title.as_deref().map(str::trim) {
         Some(title) if !title.is_empty() => title.to_string(),
@@ -97,7 +99,16 @@ pub(crate) fn compile(
         )));
     }
     if doc.correlation.is_some() {
-        return Ok(unsupported("Sigma correlation rules are not supported".into()));
+        return Ok(unsupported(
+            "Sigma correlation rules are not supported".into(),
+        ));
+    }
+    if let Some(name) = &logsource.product {
+        if crate::input::Platform::from_product(name).is_none() {
+            return Ok(unsupported(format!(
+                "logsource product {name} is not one the sensor runs on (linux, windows, macos)"
+            )));
+        }
     }
     let category = match (&logsource.category, &logsource.service) {
         (Some(name), _) => match Category::parse(name) {
@@ -121,7 +132,10 @@ pub(crate) fn compile(
         }
     };
     let Some(detection) = doc.detection else {
-        return Err(problem("detection", "a Sigma rule needs a detection".into()));
+        return Err(problem(
+            "detection",
+            "a Sigma rule needs a detection".into(),
+        ));
     };
 
     let mut reasons = Vec::new();
@@ -139,9 +153,7 @@ pub(crate) fn compile(
             "timeframe" => reasons.push("timeframe (aggregation) is not supported".into()),
             _ => {
                 let cond = modifier::selection(name, value, category, &mut reasons).map_err(
-                    |Invalid { field, message }| {
-                        problem(field.as_deref().unwrap_or(name), message)
-                    },
+                    |Invalid { field, message }| problem(field.as_deref().unwrap_or(name), message),
                 )?;
                 selections.push((name.to_string(), cond));
             }
@@ -163,12 +175,15 @@ pub(crate) fn compile(
                     }
                 }
             }
-            any.into_iter()
-                .collect::<Result<Vec<_>, _>>()
-                .map(Cond::Or)
+            any.into_iter().collect::<Result<Vec<_>, _>>().map(Cond::Or)
         }
         Some(_) => return Err(problem("condition", "condition must be a string".into())),
-        None => return Err(problem("condition", "the detection has no condition".into())),
+        None => {
+            return Err(problem(
+                "condition",
+                "the detection has no condition".into(),
+            ))
+        }
     };
     let cond = match condition {
         Ok(cond) => cond,

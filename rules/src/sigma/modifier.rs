@@ -237,16 +237,15 @@ pub(crate) fn item(
                     "exists takes true or false, not {text:?}"
                 ))),
             },
-            Compare::Lt | Compare::Lte | Compare::Gt | Compare::Gte => number(&text)
-                .map(|n| {
-                    let (lo, hi) = match compare {
-                        Compare::Lt => (i128::MIN, n.ceil() as i128 - 1),
-                        Compare::Lte => (i128::MIN, n.floor() as i128),
-                        Compare::Gt => (n.floor() as i128 + 1, i128::MAX),
-                        _ => (n.ceil() as i128, i128::MAX),
-                    };
-                    patterns.push(Pattern::Range { lo, hi });
-                }),
+            Compare::Lt | Compare::Lte | Compare::Gt | Compare::Gte => number(&text).map(|n| {
+                let (lo, hi) = match compare {
+                    Compare::Lt => (i128::MIN, n.ceil() as i128 - 1),
+                    Compare::Lte => (i128::MIN, n.floor() as i128),
+                    Compare::Gt => (n.floor() as i128 + 1, i128::MAX),
+                    _ => (n.ceil() as i128, i128::MAX),
+                };
+                patterns.push(Pattern::Range { lo, hi });
+            }),
         };
         match result {
             Ok(()) => {}

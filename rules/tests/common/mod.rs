@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 use protocol::{
-    Ancestor, ArgvSource, BootId, ConnectEvent, ConnectHook, Event, EventDetail, ExecEvent,
-    ExecId, Outcome, Process, SocketFamily, Timestamp, TransportProtocol,
+    Ancestor, ArgvSource, BootId, ConnectEvent, ConnectHook, Event, EventDetail, ExecEvent, ExecId,
+    Outcome, Process, SocketFamily, Timestamp, TransportProtocol,
 };
 use std::path::PathBuf;
 
@@ -89,7 +89,13 @@ pub fn exec(argv: &[&str], exe: &str, invoked: Option<&str>) -> Event {
     }
 }
 
-pub fn connect(argv: &[&str], exe: &str, ip: &str, port: u16, protocol: TransportProtocol) -> Event {
+pub fn connect(
+    argv: &[&str],
+    exe: &str,
+    ip: &str,
+    port: u16,
+    protocol: TransportProtocol,
+) -> Event {
     let destination_ip: std::net::IpAddr = ip.parse().expect("test address");
     Event {
         time: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),

@@ -1,0 +1,184 @@
+//! `osprey-bench` (run by `cargo xtask bench`): the collector's cost and latency, measured
+//! with real workloads against the release build, with and without the collector, interleaved.
+//!
+//! Reported: the workload's throughput ratio (with / without), capture completeness, the
+//! collector's CPU time per event, its peak RSS, and exec→finding latency (p50/p99) as seen by
+//! a NATS subscriber.
+
+use std::{
+    io::Read,
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use osprey_tests::{collector::Collector, marker, nats::NatsServer};
+use protocol::{EventDetail, Timestamp};
+
+const EXECS: usize = 2_000;
+const CONNECTS: usize = 5_000;
+const LATENCY_SAMPLES: usize = 200;
+const ROUNDS: usize = 3;
+
+fn exec_storm(mark: &str) -> Duration {
+    let start = Instant::now();
+    let mut running = Vec::new();
+    for i in 0..EXECS {
+        running.push(Command::new("/bin/true").arg(format!("{mark}-{i}")).spawn().expect("spawn"));
+        if running.len() >= 2 {
+            let _ = running.remove(0).wait();
+        }
+    }
+    for mut c in running {
+        let _ = c.wait();
+    }
+    start.elapsed()
+}
+
+fn connect_storm(port: u16) -> Duration {
+    let start = Instant::now();
+    for _ in 0..CONNECTS {
+        drop(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    }
+    start.elapsed()
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Measured {
+    without: Vec<f64>,
+    with: Vec<f64>,
+    captured: Vec<f64>,
+    cpu_us_per_event: Vec<f64>,
+}
+
+impl Measured {
+    fn new() -> Self {
+        Measured { without: vec![], with: vec![], captured: vec![], cpu_us_per_event: vec![] }
+    }
+    fn report(&self, name: &str, unit: &str) {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "{name}: without {:.0} {unit}/s, with {:.0} {unit}/s, ratio {:.3}; captured {:.1}%; collector CPU {:.2} µs/event",
+            mean(&self.without),
+            mean(&self.with),
+            mean(&self.with) / mean(&self.without),
+            100.0 * self.captured.iter().cloned().fold(f64::INFINITY, f64::min),
+            mean(&self.cpu_us_per_event),
+        );
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start(&dir.path().join("js"));
+    let client = nats.client().await;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let mut s = s;
+            let _ = s.read(&mut [0u8; 1]);
+        }
+    });
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut exec = Measured::new();
+    let mut conn = Measured::new();
+    let mut peak_rss = 0;
+    let mut latencies: Vec<f64> = Vec::new();
+
+    for round in 0..ROUNDS {
+        // Without the collector.
+        exec.without.push(EXECS as f64 / exec_storm(&marker("warm")).as_secs_f64());
+        conn.without.push(CONNECTS as f64 / connect_storm(port).as_secs_f64());
+
+        // With it: a fresh collector per round.
+        let collector = Collector::start(&client, &nats.url(), &dir.path().join(format!("spool{round}")), &[]).await;
+        let pid = collector.pid();
+        let mark = marker("exec");
+        let cpu0 = cpu_ticks(pid);
+        let elapsed = exec_storm(&mark);
+        exec.with.push(EXECS as f64 / elapsed.as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cpu1 = cpu_ticks(pid);
+        let got = collector
+            .events(|e| matches!(e.detail, EventDetail::Exec(_)) && e.process.argv.get(1).is_some_and(|a| a.starts_with(&mark)))
+            .len();
+        exec.captured.push(got as f64 / EXECS as f64);
+        // fork + exec + exit per process.
+        exec.cpu_us_per_event.push((cpu1 - cpu0) as f64 / tck * 1e6 / (3 * EXECS) as f64);
+
+        let before = collector.events(|_| true).len();
+        let cpu0 = cpu_ticks(pid);
+        let elapsed = connect_storm(port);
+        conn.with.push(CONNECTS as f64 / elapsed.as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cpu1 = cpu_ticks(pid);
+        let me = std::process::id();
+        let got = collector
+            .events(|e| {
+                matches!(&e.detail, EventDetail::Connect(c) if c.destination_port == port) && e.process.pid == me
+            })
+            .len();
+        conn.captured.push(got as f64 / CONNECTS as f64);
+        let _ = before;
+        conn.cpu_us_per_event.push((cpu1 - cpu0) as f64 / tck * 1e6 / CONNECTS as f64);
+
+        // Latency: a background shell per sample raises a finding; compare the exec's kernel
+        // timestamp with the moment the finding reaches this NATS subscriber.
+        let mark = marker("latency");
+        let n0 = collector.findings(|_| true).len();
+        for i in 0..LATENCY_SAMPLES / ROUNDS {
+            let _ = Command::new("setsid")
+                .args(["--wait", "/bin/sh", "-c", &format!(": {mark}-{i}")])
+                .stdin(Stdio::null())
+                .status();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let received = collector.received.lock().expect("lock");
+        for (f, at) in received.findings.iter().zip(received.finding_arrivals.iter()).skip(n0) {
+            if f.process.argv.iter().any(|a| a.contains(&mark)) {
+                let t: Timestamp = f.triggers[0].time;
+                latencies.push((at.unix_nanos() - t.unix_nanos()) as f64 / 1e6);
+            }
+        }
+        drop(received);
+        peak_rss = peak_rss.max(peak_rss_kib(pid));
+        drop(collector);
+    }
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    println!("osprey bench: {ROUNDS} interleaved rounds; {EXECS} execs and {CONNECTS} connects per run");
+    exec.report("exec storm", "exec");
+    conn.report("connect storm", "connect");
+    println!("collector peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);
+    println!(
+        "exec→finding latency (NATS subscriber, {} samples): p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99)
+    );
+}
