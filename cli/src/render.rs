@@ -50,6 +50,7 @@ pub fn event_line(event: &Event) -> String {
         EventDetail::Connect(connect) => connect_text(connect),
         EventDetail::Exit(exit) => exit_text(exit),
         EventDetail::Fork(_) => format!("forked from pid {}", event.process.ppid),
+        EventDetail::MemorySample(sample) => memory_text(sample.rss_bytes),
     };
     format!(
         "{} {} {:<8} {} | {}",
@@ -67,8 +68,14 @@ fn finding_trigger(finding: &Finding) -> String {
     match finding.triggers.first().map(|trigger| &trigger.detail) {
         Some(EventDetail::Connect(connect)) => connect_text(connect),
         Some(EventDetail::Exit(exit)) => exit_text(exit),
+        Some(EventDetail::MemorySample(sample)) => memory_text(sample.rss_bytes),
         Some(EventDetail::Exec(_) | EventDetail::Fork(_)) | None => command_line(&finding.process),
     }
+}
+
+/// `resident 712.4 MiB`
+fn memory_text(rss_bytes: u64) -> String {
+    format!("resident {:.1} MiB", rss_bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn process_label(process: &Process) -> String {
@@ -292,5 +299,17 @@ mod tests {
             conn.ends_with("| -> [::1]:443/tcp refused (errno 111)"),
             "{conn}"
         );
+    }
+
+    #[test]
+    fn a_memory_finding_shows_the_resident_memory_sampled() {
+        let trigger = Trigger {
+            time: Timestamp::from_unix_nanos(0),
+            detail: EventDetail::MemorySample(MemorySampleEvent {
+                rss_bytes: 600 << 20,
+            }),
+        };
+        let line = finding_line(&finding(Severity::Low, vec![trigger], vec![]), false);
+        assert!(line.ends_with("| resident 600.0 MiB"), "{line}");
     }
 }

@@ -41,6 +41,64 @@ pub struct CollectorConfig {
     pub heuristics: HeuristicsSection,
     /// Seconds between heartbeats.
     pub heartbeat_interval_secs: u64,
+    /// The policy file (docs/policy.md): site rules and the built-in heuristics' settings.
+    /// Hot-reloaded on change and on SIGHUP.
+    pub policy: Option<PathBuf>,
+    /// Sigma rule files or directories (searched recursively for `*.yml` / `*.yaml`).
+    /// Hot-reloaded like the policy.
+    pub sigma: Vec<PathBuf>,
+    /// Seconds between resident-memory samples of live processes, for the policy's memory
+    /// rules (`rss_above_mb`). Sampling is skipped while no loaded rule looks at samples.
+    pub memory_sample_interval_secs: u64,
+    /// The actuator: signed commands on `osprey.cmd.<host>` (docs/responder.md).
+    pub actuator: ActuatorSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActuatorSection {
+    /// Serve `osprey.cmd.<host>` (needs NATS). Without trusted keys every command is refused.
+    pub enabled: bool,
+    /// Public keys (base64, as `osprey keys generate` writes them) whose commands are obeyed.
+    pub trusted_keys: Vec<String>,
+    /// Files holding one such public key each.
+    pub trusted_key_files: Vec<PathBuf>,
+    /// TTL state (active blocks, suspensions, kill-on-exec entries); survives restarts.
+    pub state_dir: PathBuf,
+    /// JSON lines, one per handled command (also published on `osprey.audit`).
+    pub audit_file: PathBuf,
+    pub quarantine_dir: PathBuf,
+    pub dump_dir: PathBuf,
+    /// Largest memory dump, bytes.
+    pub dump_max_bytes: u64,
+    /// Executables (paths; compared by device and inode too) no command may touch, on top
+    /// of pid 1, the collector, nats-server, sshd and osprey-responder.
+    pub protected_executables: Vec<PathBuf>,
+    /// Destinations (CIDRs) that are never blocked, on top of the NATS servers.
+    pub protected_networks: Vec<String>,
+    /// Commands older (or further in the future) than this are refused as stale or replayed.
+    pub command_window_secs: u64,
+    /// Actions per kind per hour this host accepts (0: no limit).
+    pub max_actions_per_hour: u32,
+}
+
+impl Default for ActuatorSection {
+    fn default() -> Self {
+        ActuatorSection {
+            enabled: true,
+            trusted_keys: Vec::new(),
+            trusted_key_files: Vec::new(),
+            state_dir: PathBuf::from("/var/lib/osprey/actuator"),
+            audit_file: PathBuf::from("/var/log/osprey/actuator-audit.jsonl"),
+            quarantine_dir: PathBuf::from("/var/lib/osprey/quarantine"),
+            dump_dir: PathBuf::from("/var/lib/osprey/dumps"),
+            dump_max_bytes: 4 * 1024 * 1024 * 1024,
+            protected_executables: Vec::new(),
+            protected_networks: Vec::new(),
+            command_window_secs: 60,
+            max_actions_per_hour: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -113,6 +171,10 @@ impl Default for CollectorConfig {
             process_table: ProcessTableSection::default(),
             heuristics: HeuristicsSection::default(),
             heartbeat_interval_secs: 5,
+            policy: None,
+            sigma: Vec::new(),
+            memory_sample_interval_secs: 10,
+            actuator: ActuatorSection::default(),
         }
     }
 }
@@ -213,6 +275,26 @@ impl CollectorConfig {
         if self.heartbeat_interval_secs == 0 {
             return Err(invalid("heartbeat_interval_secs", "must be at least 1".into()));
         }
+        if self.memory_sample_interval_secs == 0 {
+            return Err(invalid("memory_sample_interval_secs", "must be at least 1".into()));
+        }
+        if self.policy.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid("policy", "is an empty path (leave it out for no policy)".into()));
+        }
+        if let Some(i) = self.sigma.iter().position(|p| p.as_os_str().is_empty()) {
+            return Err(invalid(&format!("sigma[{i}]"), "is an empty path".into()));
+        }
+        for (i, key) in self.actuator.trusted_keys.iter().enumerate() {
+            protocol::signing::PublicKey::from_base64(key)
+                .map_err(|e| invalid(&format!("actuator.trusted_keys[{i}]"), e.to_string()))?;
+        }
+        for (i, net) in self.actuator.protected_networks.iter().enumerate() {
+            net.parse::<IpNet>()
+                .map_err(|e| invalid(&format!("actuator.protected_networks[{i}]"), format!("{net:?} is not a CIDR: {e}")))?;
+        }
+        if self.actuator.command_window_secs == 0 {
+            return Err(invalid("actuator.command_window_secs", "must be at least 1".into()));
+        }
         if self.process_table.capacity < 16 {
             return Err(invalid("process_table.capacity", "must be at least 16".into()));
         }
@@ -231,6 +313,10 @@ impl CollectorConfig {
             .iter()
             .map(|s| s.parse::<IpNet>().map_err(|e| format!("{s:?} is not a CIDR: {e}")))
             .collect()
+    }
+
+    pub fn memory_sample_interval(&self) -> Duration {
+        Duration::from_secs(self.memory_sample_interval_secs)
     }
 
     pub fn connect_outcome_wait(&self) -> Duration {
@@ -265,5 +351,19 @@ mod tests {
         assert!(e.contains("heuristics.local_networks"), "{e}");
         let e = parse("nats:\n  url: x\n  colour: red\n").unwrap_err().to_string();
         assert!(e.contains("colour") && e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn rule_paths_and_memory_sampling() {
+        let c = parse("policy: /etc/osprey/policy.yaml\nsigma: [/etc/osprey/sigma, /opt/x.yml]\n").unwrap();
+        assert_eq!(c.policy.as_deref(), Some(Path::new("/etc/osprey/policy.yaml")));
+        assert_eq!(c.sigma, [PathBuf::from("/etc/osprey/sigma"), PathBuf::from("/opt/x.yml")]);
+        assert_eq!(c.memory_sample_interval(), Duration::from_secs(10));
+        let e = parse("memory_sample_interval_secs: 0\n").unwrap_err().to_string();
+        assert!(e.contains("memory_sample_interval_secs"), "{e}");
+        let e = parse("sigma: [/a, \"\"]\n").unwrap_err().to_string();
+        assert!(e.contains("sigma[1]"), "{e}");
+        let e = parse("sigma: /a\n").unwrap_err().to_string();
+        assert!(e.contains("sigma") && e.contains("line 1"), "{e}");
     }
 }

@@ -1,6 +1,8 @@
 //! The Osprey collector: one per host. See DESIGN.md for the data flow:
 //! source → process table → enrichment → detectors → findings → publisher.
 
+#[cfg(target_os = "linux")]
+pub mod actuator;
 pub mod config;
 pub mod detect;
 pub mod enrich;

@@ -6,7 +6,12 @@ use anyhow::Context;
 use clap::Parser;
 use collector::{
     config::CollectorConfig,
-    detect::{heuristics::Heuristics, Detectors},
+    detect::{
+        heuristics::Heuristics,
+        reload,
+        rules::{self as detect_rules, ActiveRules},
+        Detectors,
+    },
     pipeline::{Pipeline, PipelineOptions},
     process::ProcessTable,
     publish::{JsonlOptions, NatsConfig, Publisher, PublisherConfig, SpoolConfig},
@@ -52,6 +57,15 @@ struct Args {
     /// Seconds between heartbeats.
     #[arg(long)]
     heartbeat_interval_secs: Option<u64>,
+    /// Policy file (docs/policy.md); hot-reloaded on change and on SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    policy: Option<PathBuf>,
+    /// Sigma rule file or directory; repeat for more (replaces the config file's list).
+    #[arg(long, value_name = "PATH")]
+    sigma: Vec<PathBuf>,
+    /// Seconds between resident-memory samples of live processes (memory rules).
+    #[arg(long)]
+    memory_sample_interval_secs: Option<u64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +103,87 @@ fn apply(args: &Args, config: &mut CollectorConfig) {
     if let Some(s) = args.heartbeat_interval_secs {
         config.heartbeat_interval_secs = s;
     }
+    if let Some(p) = &args.policy {
+        config.policy = Some(p.clone());
+    }
+    if !args.sigma.is_empty() {
+        config.sigma.clone_from(&args.sigma);
+    }
+    if let Some(s) = args.memory_sample_interval_secs {
+        config.memory_sample_interval_secs = s;
+    }
+}
+
+/// How often the rule files are looked at for changes.
+const RULES_POLL: Duration = Duration::from_secs(1);
+
+/// Loads the policy and Sigma rules (a start-up with broken rules fails, naming every
+/// problem), starts their hot reload, and reloads on SIGHUP.
+fn start_rules(config: &CollectorConfig) -> anyhow::Result<ActiveRules> {
+    let paths = detect_rules::rule_paths(config.policy.as_ref(), &config.sigma);
+    let started = std::time::Instant::now();
+    let engine = detect_rules::load(&paths).map_err(|e| anyhow::anyhow!("cannot load the rules: {e}"))?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rules loaded: {}",
+        detect_rules::summary(&engine)
+    );
+    let (engines, reload) = reload::start(paths, engine, RULES_POLL).context("cannot start the rules reload thread")?;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the rules");
+                reload.request();
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    std::mem::forget(reload); // file changes still reload; the thread lives as long as the process
+    Ok(ActiveRules::new(engines))
+}
+
+/// Starts the actuator on `osprey.cmd.<host>` (Linux, with NATS and `actuator.enabled`).
+#[cfg(target_os = "linux")]
+async fn start_actuator(
+    config: &CollectorConfig,
+    host: &str,
+    source: &mut PlatformSource,
+) -> anyhow::Result<Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>> {
+    use collector::actuator::{nats_endpoints, Actuator, ActuatorOptions, Enforcement};
+    let Some(url) = config.nats.url.clone().filter(|_| config.actuator.enabled) else {
+        return Ok(None);
+    };
+    let enforcement: Option<Box<dyn Enforcement>> = match source.take_enforcement() {
+        Ok(e) => Some(Box::new(e)),
+        Err(e) => {
+            tracing::warn!("actuator: no kernel enforcement (blocks, kill-on-exec): {e}");
+            None
+        }
+    };
+    let mut options = async_nats::ConnectOptions::new().retry_on_initial_connect().name("osprey-actuator");
+    if let Some(creds) = &config.nats.credentials {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
+    }
+    let client = options.connect(url.as_str()).await.context("actuator: cannot connect to NATS")?;
+    let actuator = Actuator::new(
+        ActuatorOptions {
+            host: host.to_string(),
+            boot: boot_id(),
+            section: config.actuator.clone(),
+            protected_destinations: nats_endpoints(&url),
+        },
+        enforcement,
+        Some(client.clone()),
+    )?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(actuator.run(client, stopped));
+    Ok(Some((stop, task)))
 }
 
 fn host_name() -> String {
@@ -141,13 +236,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let local = config
         .local_networks()
         .map_err(|e| anyhow::anyhow!("heuristics.local_networks: {e}"))?;
+    let rules = start_rules(&config)?;
 
     // Attach the probes first: everything from here on is captured.
-    let source = PlatformSource::start(&SourceOptions {
+    #[allow(unused_mut)]
+    let mut source = PlatformSource::start(&SourceOptions {
         buffer_bytes: config.sensor.ring_buffer_bytes,
         connect_outcome_wait: config.connect_outcome_wait(),
         cgroup_root: config.sensor.cgroup_root.clone(),
     })?;
+
+    #[cfg(target_os = "linux")]
+    let actuator = start_actuator(&config, &host, &mut source).await?;
 
     let (publisher, publisher_task) = Publisher::start(PublisherConfig {
         host: host.clone(),
@@ -172,14 +272,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
             reconcile_interval: Duration::from_secs(config.process_table.reconcile_interval_secs.max(1)),
             argv_source: if cfg!(windows) { ArgvSource::Os } else { ArgvSource::Kernel },
+            memory_sample_interval: config.memory_sample_interval(),
         },
         source,
         ProcessTable::new(boot_id(), config.process_table.capacity),
-        Detectors { heuristics: Heuristics::new(&config.heuristics, local) },
+        Detectors::new(Heuristics::new(&config.heuristics, local), rules),
         publisher,
     )?;
     tracing::info!(host, nats = ?config.nats.url, "osprey-collector running");
     let result = pipeline.run(shutdown_signal()).await;
+    #[cfg(target_os = "linux")]
+    if let Some((stop, task)) = actuator {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
     let stats = publisher_task.shutdown(Duration::from_secs(3)).await;
     tracing::info!(spool_depth = stats.spool_depth, "osprey-collector stopped");
     result?;

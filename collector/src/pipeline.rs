@@ -1,5 +1,6 @@
 //! The collector's event loop: source → process table → enrichment → detectors → findings →
-//! publisher, plus the periodic work (heartbeat, reconciliation with the live process list).
+//! publisher, plus the periodic work (heartbeat, reconciliation with the live process list,
+//! resident-memory samples for the policy's memory rules).
 
 use std::{
     collections::BTreeMap,
@@ -8,12 +9,16 @@ use std::{
 
 use protocol::{
     ArgvSource, ConnectEvent, Event, EventDetail, EventKind, ExecEvent, ForkEvent,
-    Heartbeat, Process, Timestamp,
+    Heartbeat, MemorySampleEvent, Process, Timestamp,
 };
+use rules::SubjectKind;
 use tokio::sync::mpsc;
 
 use crate::{
-    detect::Detectors,
+    detect::{
+        memory::{MemorySampler, RssSample},
+        Detectors,
+    },
     enrich::{ContainerIds, ExeHashes, HashResult, UserNames},
     findings::Findings,
     process::ProcessTable,
@@ -27,6 +32,9 @@ pub struct PipelineOptions {
     pub reconcile_interval: Duration,
     /// How argv of exec events was captured on this platform.
     pub argv_source: ArgvSource,
+    /// Between resident-memory samples of live processes (taken only while a loaded rule
+    /// looks at samples).
+    pub memory_sample_interval: Duration,
 }
 
 pub struct Pipeline<S: EventSource> {
@@ -37,6 +45,8 @@ pub struct Pipeline<S: EventSource> {
     containers: ContainerIds,
     hashes: ExeHashes,
     hash_results: mpsc::UnboundedReceiver<HashResult>,
+    sampler: MemorySampler,
+    samples: mpsc::UnboundedReceiver<Vec<RssSample>>,
     detectors: Detectors,
     findings: Findings,
     publisher: Publisher,
@@ -65,6 +75,10 @@ impl<S: EventSource> Pipeline<S> {
             context: "cannot start the hashing thread".into(),
             source,
         })?;
+        let (sampler, samples) = MemorySampler::start().map_err(|source| SourceError::Io {
+            context: "cannot start the memory sampling thread".into(),
+            source,
+        })?;
         let findings = Findings::new(options.host.clone(), 100_000);
         Ok(Pipeline {
             options,
@@ -74,6 +88,8 @@ impl<S: EventSource> Pipeline<S> {
             containers: ContainerIds::default(),
             hashes,
             hash_results,
+            sampler,
+            samples,
             detectors,
             findings,
             publisher,
@@ -91,6 +107,8 @@ impl<S: EventSource> Pipeline<S> {
         let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
         let mut reconcile = tokio::time::interval(self.options.reconcile_interval);
         reconcile.tick().await; // the table was just built
+        let mut sample = tokio::time::interval(self.options.memory_sample_interval);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(1024);
         loop {
             tokio::select! {
@@ -104,6 +122,8 @@ impl<S: EventSource> Pipeline<S> {
                 Some(result) = self.hash_results.recv() => self.store_hash(result),
                 _ = heartbeat.tick() => self.heartbeat(),
                 _ = reconcile.tick() => self.reconcile(),
+                _ = sample.tick() => self.request_sample(),
+                Some(samples) = self.samples.recv() => self.evaluate_samples(samples),
             }
         }
         self.heartbeat();
@@ -161,10 +181,44 @@ impl<S: EventSource> Pipeline<S> {
         let event = Event { time, host: self.options.host.clone(), process, ancestry, detail };
         *self.events_by_kind.entry(event.kind().as_str()).or_default() += 1;
         self.publisher.event(&event);
-        for detection in self.detectors.evaluate(&event) {
-            if let Some(finding) = self.findings.raise(&event, detection) {
+        self.detect(&event);
+    }
+
+    /// Runs every detector on `event`; new findings (not repeats) are published.
+    fn detect(&mut self, event: &Event) {
+        for detection in self.detectors.evaluate(event) {
+            if let Some(finding) = self.findings.raise(event, detection) {
                 self.publisher.finding(&finding);
             }
+        }
+    }
+
+    /// Asks the sampling thread for the resident memory of every live process, when a
+    /// loaded rule looks at samples.
+    fn request_sample(&mut self) {
+        if self.detectors.engine().rules_for(SubjectKind::Sample) > 0 && !self.sampler.request() {
+            tracing::debug!("memory sample still running: interval tick skipped");
+        }
+    }
+
+    /// Evaluates the rules on each sampled process the table knows alive. Samples are not
+    /// published as events; a finding they raise carries one as its trigger.
+    fn evaluate_samples(&mut self, samples: Vec<RssSample>) {
+        let time = Timestamp::now();
+        for sample in samples {
+            let Some(exec_id) = self.table.get(sample.pid).map(|p| p.exec_id) else { continue };
+            let Some(process) = self.table.by_exec_id(&exec_id) else { continue };
+            // A pid reused between the sample and now is another process (start times in
+            // whole seconds, from different clocks: allow a little slack).
+            let started = process.start_time.unix_nanos() / 1_000_000_000;
+            if sample.start_time_secs != 0 && (started - sample.start_time_secs as i64).abs() > 2 {
+                continue;
+            }
+            let process = process.clone();
+            let ancestry = self.table.ancestry(&process);
+            let detail = EventDetail::MemorySample(MemorySampleEvent { rss_bytes: sample.rss_bytes });
+            let event = Event { time, host: self.options.host.clone(), process, ancestry, detail };
+            self.detect(&event);
         }
     }
 

@@ -31,6 +31,9 @@ pub enum EventDetail {
     Fork(ForkEvent),
     Exit(ExitEvent),
     Connect(ConnectEvent),
+    /// A periodic look at a living process (not published as an event: it appears as the
+    /// trigger of the findings it raises, e.g. a resident-memory rule).
+    MemorySample(MemorySampleEvent),
 }
 
 impl EventDetail {
@@ -40,6 +43,7 @@ impl EventDetail {
             EventDetail::Fork(_) => EventKind::Fork,
             EventDetail::Exit(_) => EventKind::Exit,
             EventDetail::Connect(_) => EventKind::Connect,
+            EventDetail::MemorySample(_) => EventKind::MemorySample,
         }
     }
 }
@@ -52,9 +56,12 @@ pub enum EventKind {
     Fork,
     Exit,
     Connect,
+    MemorySample,
 }
 
 impl EventKind {
+    /// The kinds published on `osprey.events.<host>.<kind>` (memory samples are not: they
+    /// only appear as finding triggers).
     pub const ALL: [EventKind; 4] = [
         EventKind::Exec,
         EventKind::Fork,
@@ -68,6 +75,7 @@ impl EventKind {
             EventKind::Fork => "fork",
             EventKind::Exit => "exit",
             EventKind::Connect => "connect",
+            EventKind::MemorySample => "memory_sample",
         }
     }
 }
@@ -78,6 +86,14 @@ pub struct ExecEvent {
     /// Executable before this exec, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_exe: Option<String>,
+}
+
+/// A sample of a living process's resident memory (sysinfo, every
+/// `memory_sample_interval_secs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemorySampleEvent {
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
 }
 
 /// A new process (the event's process is the child).
@@ -197,5 +213,17 @@ mod tests {
         let killed = ExitEvent::from_wait_status(9);
         assert_eq!((killed.exit_code, killed.signal), (None, Some(9)));
         assert!(ExitEvent::from_wait_status(11 | 0x80).core_dumped);
+    }
+
+    #[test]
+    fn memory_samples_are_tagged_like_the_other_kinds() {
+        let detail = EventDetail::MemorySample(MemorySampleEvent { rss_bytes: 42 });
+        let json = serde_json::to_value(&detail).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "memory_sample", "rss_bytes": 42})
+        );
+        assert_eq!(detail.kind().as_str(), "memory_sample");
+        assert!(!EventKind::ALL.contains(&EventKind::MemorySample));
     }
 }

@@ -5,22 +5,31 @@
 //! explicit wire shapes (an IP is its text form, a time RFC 3339 UTC with nanoseconds, an
 //! [`ExecId`] its `bootid-pid-ticks-seq` string), so the JSON rendering looks the same.
 
+pub mod approval;
+pub mod audit;
 pub mod codec;
+pub mod command;
 pub mod event;
 pub mod finding;
 pub mod heartbeat;
 pub mod process;
+pub mod quarantine;
 pub mod severity;
+pub mod signing;
 pub mod subject;
 pub mod time;
 
+pub use approval::{Approval, Verdict};
+pub use audit::{AuditRecord, Decision};
 pub use codec::{decode, encode, CodecError};
+pub use command::{Action, Command, CommandResult, CommandStatus};
 pub use event::{
     ConnectEvent, ConnectHook, Event, EventDetail, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    Outcome, SocketFamily, TransportProtocol,
+    MemorySampleEvent, Outcome, SocketFamily, TransportProtocol,
 };
 pub use finding::{ActionKind, Detector, Finding, FindingId, Trigger};
 pub use heartbeat::Heartbeat;
+pub use quarantine::QuarantineRecord;
 pub use process::{Ancestor, ArgvSource, BootId, ExecId, ExecIdParseError, Process};
 pub use severity::Severity;
 pub use time::Timestamp;

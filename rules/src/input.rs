@@ -114,19 +114,21 @@ pub struct MatchInput<'a> {
 }
 
 impl<'a> MatchInput<'a> {
-    /// The input for one enriched event, on the host's platform.
+    /// The input for one enriched event, on the host's platform. A memory sample event is a
+    /// [`Subject::Sample`] carrying its resident set size.
     pub fn from_event(event: &'a Event) -> Self {
-        let subject = match &event.detail {
-            EventDetail::Exec(_) => Subject::Exec,
-            EventDetail::Connect(connect) => Subject::Connect(connect),
-            EventDetail::Fork(_) | EventDetail::Exit(_) => Subject::Other,
+        let (subject, rss_bytes) = match &event.detail {
+            EventDetail::Exec(_) => (Subject::Exec, None),
+            EventDetail::Connect(connect) => (Subject::Connect(connect), None),
+            EventDetail::MemorySample(sample) => (Subject::Sample, Some(sample.rss_bytes)),
+            EventDetail::Fork(_) | EventDetail::Exit(_) => (Subject::Other, None),
         };
         MatchInput {
             process: &event.process,
             ancestry: &event.ancestry,
             subject,
             platform: Platform::host(),
-            rss_bytes: None,
+            rss_bytes,
             intel: None,
         }
     }

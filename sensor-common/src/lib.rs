@@ -302,10 +302,34 @@ pub struct KernelOffsets {
     pub _pad: u32,
 }
 
+/// Destination blocks (the cgroup connect/sendmsg hooks). Every address is kept as IPv6,
+/// IPv4 as v4-mapped (`::ffff:a.b.c.d`, prefix length + 96), in two LPM tries:
+/// `BLOCK_ANY_PORT` keyed by the address alone, `BLOCK_PORT` keyed by the destination port
+/// (network byte order) followed by the address, prefix length 16 + address prefix bits.
+pub const BLOCK_MAX_ENTRIES: u32 = 4096;
+/// LPM data of an any-port rule: the 16-byte address.
+pub type BlockAnyPortData = [u8; 16];
+/// LPM data of a port rule: port (big endian), 16-byte address, 2 bytes of padding (zero).
+pub type BlockPortData = [u8; 20];
+
+/// Kill-on-exec entries: the executable's identity as the kernel sees it.
+pub const KILL_ON_EXEC_MAX_ENTRIES: u32 = 1024;
+
+/// Key of `KILL_ON_EXEC`: `dev` in the kernel's internal encoding (major << 20 | minor, as
+/// `super_block.s_dev`), not userspace `st_dev`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: plain-old-data `#[repr(C)]` structs with no padding-dependent invariants.
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for TrackedSock {}
+    unsafe impl aya::Pod for FileKey {}
 }

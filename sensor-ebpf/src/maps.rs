@@ -2,9 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::LpmTrie, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use sensor_common::{ArgvStage, DropKind, ExecRecord, TrackedSock, DROP_KINDS};
+use sensor_common::{
+    ArgvStage, BlockAnyPortData, BlockPortData, DropKind, ExecRecord, FileKey, TrackedSock,
+    BLOCK_MAX_ENTRIES, DROP_KINDS, KILL_ON_EXEC_MAX_ENTRIES,
+};
 
 /// Every record for userspace. The collector sets the size at load time.
 #[map]
@@ -40,6 +43,21 @@ pub static TCP_TRACKED: LruHashMap<u64, TrackedSock> = LruHashMap::with_max_entr
 #[map]
 pub static UDP_SEEN: LruHashMap<crate::network::UdpKey, u8> =
     LruHashMap::with_max_entries(16384, 0);
+
+/// Destinations refused for every port (filled by the collector's actuator).
+#[map]
+pub static BLOCK_ANY_PORT: LpmTrie<BlockAnyPortData, u32> =
+    LpmTrie::with_max_entries(BLOCK_MAX_ENTRIES, 0);
+
+/// Destinations refused for one port.
+#[map]
+pub static BLOCK_PORT: LpmTrie<BlockPortData, u32> =
+    LpmTrie::with_max_entries(BLOCK_MAX_ENTRIES, 0);
+
+/// Executables killed as they start, by (device, inode).
+#[map]
+pub static KILL_ON_EXEC: HashMap<FileKey, u32> =
+    HashMap::with_max_entries(KILL_ON_EXEC_MAX_ENTRIES, 0);
 
 /// Counts a record that could not be delivered.
 #[inline(always)]

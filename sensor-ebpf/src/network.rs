@@ -1,16 +1,19 @@
-//! Network: every connect()/sendto() seen at the cgroup sock_addr hooks (observe mode: the
-//! hooks always allow), the syscall's return value, and TCP outcomes from socket state changes.
+//! Network: every connect()/sendto() seen at the cgroup sock_addr hooks, the syscall's return
+//! value, and TCP outcomes from socket state changes. The hooks allow everything except
+//! destinations in the block tries (`BLOCK_ANY_PORT`, `BLOCK_PORT`), which they refuse
+//! (EPERM); the collector's own traffic is never refused.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, gen},
     macros::{cgroup_sock_addr, tracepoint},
+    maps::lpm_trie::Key,
     programs::{SockAddrContext, TracePointContext},
 };
 use sensor_common::*;
 
 use crate::{
     kernel::{is_collector, offset, read},
-    maps::{self, CONNECT_INFLIGHT, EVENTS, TCP_TRACKED, UDP_SEEN},
+    maps::{self, BLOCK_ANY_PORT, BLOCK_PORT, CONNECT_INFLIGHT, EVENTS, TCP_TRACKED, UDP_SEEN},
 };
 
 const AF_INET: u16 = 2;
@@ -22,8 +25,10 @@ const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
 
-/// Allow the operation: these hooks only observe.
+/// Allow the operation.
 const ALLOW: i32 = 1;
+/// Refuse it: the syscall fails with EPERM.
+const DENY: i32 = 0;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -36,35 +41,62 @@ pub struct UdpKey {
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    observe(&ctx, AF_INET, HOOK_CONNECT);
-    ALLOW
+    observe(&ctx, AF_INET, HOOK_CONNECT)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    observe(&ctx, AF_INET6, HOOK_CONNECT);
-    ALLOW
+    observe(&ctx, AF_INET6, HOOK_CONNECT)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    observe(&ctx, AF_INET, HOOK_SENDMSG);
-    ALLOW
+    observe(&ctx, AF_INET, HOOK_SENDMSG)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    observe(&ctx, AF_INET6, HOOK_SENDMSG);
-    ALLOW
+    observe(&ctx, AF_INET6, HOOK_SENDMSG)
 }
 
+/// Whether a destination is in the block tries. `addr` is IPv4 in its first 4 bytes for
+/// `AF_INET`, else IPv6.
 #[inline(always)]
-fn observe(ctx: &SockAddrContext, family: u16, hook: u8) {
+fn is_blocked(family: u16, addr: &[u8; 16], port: u16) -> bool {
+    let mut v6 = [0u8; 16];
+    if family == AF_INET {
+        v6[10] = 0xff;
+        v6[11] = 0xff;
+        v6[12] = addr[0];
+        v6[13] = addr[1];
+        v6[14] = addr[2];
+        v6[15] = addr[3];
+    } else {
+        v6 = *addr;
+    }
+    if BLOCK_ANY_PORT.get(&Key::new(128, v6)).is_some() {
+        return true;
+    }
+    let mut data = [0u8; 20];
+    let p = port.to_be_bytes();
+    data[0] = p[0];
+    data[1] = p[1];
+    let mut i = 0;
+    while i < 16 {
+        data[2 + i] = v6[i];
+        i += 1;
+    }
+    BLOCK_PORT.get(&Key::new(144, data)).is_some()
+}
+
+/// Reports the attempt; returns the verdict for the kernel.
+#[inline(always)]
+fn observe(ctx: &SockAddrContext, family: u16, hook: u8) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let pid = (pid_tgid >> 32) as u32;
     if is_collector(pid) {
-        return;
+        return ALLOW;
     }
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the program's context; each field is read with its own aligned 4-byte
@@ -87,20 +119,30 @@ fn observe(ctx: &SockAddrContext, family: u16, hook: u8) {
             }
         }
 
+        let blocked = is_blocked(family, &addr, port);
+        let verdict = if blocked { DENY } else { ALLOW };
+
         if hook == HOOK_SENDMSG {
             if sock_type != SOCK_DGRAM {
-                return;
+                return verdict;
             }
-            let key = UdpKey { sock, addr, port, _pad: [0; 6] };
+            let key = UdpKey {
+                sock,
+                addr,
+                port,
+                _pad: [0; 6],
+            };
             if UDP_SEEN.get_ptr(&key).is_some() {
-                return;
+                return verdict;
             }
-            let _ = UDP_SEEN.insert(&key, &1, 0);
+            if !blocked {
+                let _ = UDP_SEEN.insert(&key, &1, 0);
+            }
         }
 
         let Some(mut entry) = EVENTS.reserve::<ConnectAttemptRecord>(0) else {
             maps::count_drop(DropKind::Connect);
-            return;
+            return verdict;
         };
         entry.write(ConnectAttemptRecord {
             header: RecordHeader {
@@ -116,16 +158,22 @@ fn observe(ctx: &SockAddrContext, family: u16, hook: u8) {
             sock_type: sock_type as u8,
             protocol: protocol as u8,
             hook,
-            blocked: 0,
+            blocked: blocked as u8,
             addr,
         });
         entry.submit(0);
+        if blocked {
+            // The syscall's EPERM is reported too: the outcome becomes `denied`.
+            let _ = CONNECT_INFLIGHT.insert(&tid, &1, 0);
+            return verdict;
+        }
 
         if hook == HOOK_CONNECT && sock_type == SOCK_STREAM {
             let _ = TCP_TRACKED.insert(&sock, &TrackedSock { reset: 0, _pad: 0 }, 0);
         }
         let _ = CONNECT_INFLIGHT.insert(&tid, &1, 0);
     }
+    ALLOW
 }
 
 #[tracepoint]
@@ -198,7 +246,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             let a: [u8; 4] = ctx.read_at(offset!(tp_sk_state_saddr)).unwrap_or([0; 4]);
             source_addr[..4].copy_from_slice(&a);
         } else {
-            source_addr = ctx.read_at(offset!(tp_sk_state_saddr_v6)).unwrap_or([0; 16]);
+            source_addr = ctx
+                .read_at(offset!(tp_sk_state_saddr_v6))
+                .unwrap_or([0; 16]);
         }
         let pid_tgid = bpf_get_current_pid_tgid();
         let rec = TcpOutcomeRecord {
@@ -211,7 +261,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             },
             sock,
             new_state: new,
-            sk_err: if new == TCP_CLOSE { read::<u32>(sock as *const u8, offset!(sock_sk_err)) } else { 0 },
+            sk_err: if new == TCP_CLOSE {
+                read::<u32>(sock as *const u8, offset!(sock_sk_err))
+            } else {
+                0
+            },
             reset,
             source_port: ctx.read_at(offset!(tp_sk_state_sport)).unwrap_or(0),
             _pad: 0,

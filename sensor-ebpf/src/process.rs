@@ -11,7 +11,7 @@ use sensor_common::*;
 
 use crate::{
     kernel::{self, current_task, is_collector, offset, read, read_dentry_path, read_ptr},
-    maps::{self, ARGV_SCRATCH, ARGV_STAGE, EXEC_SCRATCH},
+    maps::{self, ARGV_SCRATCH, ARGV_STAGE, EXEC_SCRATCH, KILL_ON_EXEC},
 };
 
 #[inline(always)]
@@ -177,6 +177,12 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
             (*rec).exe_ino = read::<u64>(inode, offset!(inode_i_ino));
             let sb = read_ptr(inode, offset!(inode_i_sb));
             (*rec).exe_dev = read::<u32>(sb, offset!(sb_s_dev));
+            // Kill-on-exec: by the file's identity, whatever path reached it. The signal is
+            // delivered before the new program runs its first instruction.
+            let key = FileKey { dev: (*rec).exe_dev, _pad: 0, ino: (*rec).exe_ino };
+            if KILL_ON_EXEC.get_ptr(&key).is_some() {
+                gen::bpf_send_signal(9);
+            }
             if read_dentry_path(exe_file.wrapping_add(offset!(file_f_path)), &mut (*rec).exe) {
                 flags |= EXEC_EXE_TRUNCATED;
             }

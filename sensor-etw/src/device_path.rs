@@ -2,7 +2,7 @@
 //! process provider reports as `ImageName`) to the drive-letter paths that rules, operators and
 //! `QueryFullProcessImageNameW` use (`C:\Windows\System32\cmd.exe`).
 //!
-//! The table comes from `QueryDosDeviceW` for each drive letter ([`DeviceMap::from_system`]);
+//! The table comes from `QueryDosDeviceW` for each drive letter (`DeviceMap::from_system`);
 //! the mapping itself is plain Rust so it is tested everywhere. A volume without a drive letter
 //! (mounted in a folder, or attached after the table was read) becomes
 //! `\\?\GLOBALROOT\Device\...`: a Win32 path that still opens the same file, and visibly not a

@@ -232,7 +232,10 @@ impl CommandLineJoin {
         let front_seq = self.front_seq;
         let found = seqs.iter().copied().find(|&seq| {
             let index = (seq - front_seq) as usize;
-            matches!(self.queue.get(index), Some(Slot::Waiting { start, .. }) if matches(start, kernel))
+            match self.queue.get(index) {
+                Some(Slot::Waiting { start, .. }) => matches(start, kernel),
+                _ => false,
+            }
         });
         let Some(seq) = found else {
             return false;

@@ -24,25 +24,75 @@ pub struct Collector {
     pub host: String,
     child: Child,
     pub received: Arc<Mutex<Received>>,
+    /// The collector's stderr lines, when started with [`Collector::start_logged`].
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Collector {
     /// Subscribes to the host's subjects, starts the collector and waits for its first
     /// heartbeat (probes attached, table built).
     pub async fn start(client: &async_nats::Client, nats_url: &str, spool: &Path, extra: &[&str]) -> Collector {
-        let host = format!("e2e{}", crate::marker("h").replace('-', ""));
+        Self::spawn(client, nats_url, spool, extra, false).await
+    }
+
+    /// [`Collector::start`] with a configuration file, and optionally a given host name (to
+    /// restart "the same" host).
+    pub async fn start_with_config(
+        client: &async_nats::Client,
+        nats_url: &str,
+        spool: &Path,
+        config: &Path,
+        host: Option<&str>,
+        extra: &[&str],
+    ) -> Collector {
+        Self::spawn_with(client, nats_url, spool, config, host, extra, false).await
+    }
+
+    /// Like [`Collector::start`], and keeps the collector's stderr (still echoed) for
+    /// [`Collector::log_lines`].
+    pub async fn start_logged(client: &async_nats::Client, nats_url: &str, spool: &Path, extra: &[&str]) -> Collector {
+        Self::spawn(client, nats_url, spool, extra, true).await
+    }
+
+    async fn spawn(client: &async_nats::Client, nats_url: &str, spool: &Path, extra: &[&str], logged: bool) -> Collector {
+        Self::spawn_with(client, nats_url, spool, Path::new("/dev/null"), None, extra, logged).await
+    }
+
+    async fn spawn_with(
+        client: &async_nats::Client,
+        nats_url: &str,
+        spool: &Path,
+        config: &Path,
+        host: Option<&str>,
+        extra: &[&str],
+        logged: bool,
+    ) -> Collector {
+        let host = host.map(String::from).unwrap_or_else(|| format!("e2e{}", crate::marker("h").replace('-', "")));
         let received = Arc::new(Mutex::new(Received::default()));
         subscribe(client, &host, received.clone()).await;
-        let child = Command::new(crate::bin_dir().join("osprey-collector"))
-            .args(["--config", "/dev/null", "--host", &host, "--nats", nats_url, "--heartbeat-interval-secs", "1"])
+        let mut child = Command::new(crate::bin_dir().join("osprey-collector"))
+            .arg("--config")
+            .arg(config)
+            .args(["--host", &host, "--nats", nats_url, "--heartbeat-interval-secs", "1"])
             .arg("--spool-dir")
             .arg(spool)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(if logged { Stdio::piped() } else { Stdio::inherit() })
             .spawn()
             .expect("osprey-collector is built (cargo build --workspace --bins)");
-        let collector = Collector { host, child, received };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let collector = Collector { host, child, received, log };
         let ready = crate::eventually(Duration::from_secs(30), || {
             (!collector.received.lock().unwrap().heartbeats.is_empty()).then_some(())
         })
@@ -62,6 +112,11 @@ impl Collector {
 
     pub fn findings(&self, pred: impl Fn(&Finding) -> bool) -> Vec<Finding> {
         self.received.lock().unwrap().findings.iter().filter(|f| pred(f)).cloned().collect()
+    }
+
+    /// The collector's stderr lines so far that contain `text` (needs [`Collector::start_logged`]).
+    pub fn log_lines(&self, text: &str) -> Vec<String> {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(text)).cloned().collect()
     }
 
     pub fn last_heartbeat(&self) -> Option<Heartbeat> {

@@ -2,8 +2,10 @@
 //! real eBPF programs into this kernel), and real processes. Tests run one at a time
 //! (`cargo xtask test` passes `--test-threads=1`): each loads the sensor.
 
+pub mod cgroup;
 pub mod collector;
 pub mod nats;
+pub mod responder;
 pub mod workload;
 
 use std::{path::PathBuf, time::Duration};

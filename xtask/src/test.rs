@@ -19,14 +19,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     }
     crate::setup::all()?;
     let root = workspace_root();
-    // Builds the eBPF object (collector build script) and every binary the tests spawn.
-    run_cmd(cargo().current_dir(&root).args(["build", "--workspace", "--bins"]))?;
-    // Unit and integration tests of every host crate; end-to-end tests load the sensor, so
-    // they run one at a time.
-    run_cmd(cargo().current_dir(&root).args(["test", "--workspace", "--exclude", "osprey-tests"]))?;
+    // The default members are the host crates (the eBPF crate is built by the collector's
+    // build script). Build every binary the end-to-end tests spawn, then run every test; the
+    // end-to-end tests each load the sensor, so tests run one at a time.
+    run_cmd(cargo().current_dir(&root).args(["build", "--bins"]))?;
     run_cmd(cargo()
         .current_dir(&root)
-        .args(["test", "-p", "osprey-tests", "--", "--test-threads=1"])
+        .args(["test", "--", "--test-threads=1"])
         .env("OSPREY_BIN_DIR", root.join("target/debug")))?;
     if !args.skip_windows {
         run_cmd(Command::new("bash").arg(root.join(".ci/windows.sh")).current_dir(&root))?;

@@ -1,11 +1,13 @@
 //! The built-in heuristics our users' process monitor had: a script engine talking to the
 //! internet is high risk; one running in the background, with no terminal anywhere in its
-//! ancestry, is medium. Safe paths and ignored executables are exempt.
+//! ancestry, is medium. Safe paths and ignored executables are exempt. The policy file can
+//! switch each one off and set its severity and recommended actions (`rules::Heuristics`).
 
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use protocol::{ActionKind, Detector, Event, EventDetail, Severity};
+use protocol::{Detector, Event, EventDetail};
+use rules::Heuristics as Settings;
 
 use super::Detection;
 use crate::config::HeuristicsSection;
@@ -66,13 +68,17 @@ impl Heuristics {
         self.local.iter().any(|net| net.contains(&ip))
     }
 
-    pub fn evaluate(&self, event: &Event, out: &mut Vec<Detection>) {
-        if !self.enabled || self.exempt(event) {
+    /// Appends what the heuristics conclude about `event`, with the severities and actions
+    /// `settings` (the policy's `heuristics` section, or its defaults) give them.
+    pub fn evaluate(&self, event: &Event, settings: &Settings, out: &mut Vec<Detection>) {
+        let network = &settings.script_engine_network;
+        let background = &settings.script_engine_background;
+        if !self.enabled || !(network.enabled || background.enabled) || self.exempt(event) {
             return;
         }
         let Some(engine) = self.engine_name(event) else { return };
         match &event.detail {
-            EventDetail::Connect(c) if !self.is_local(c.destination_ip) => out.push(Detection {
+            EventDetail::Connect(c) if network.enabled && !self.is_local(c.destination_ip) => out.push(Detection {
                 detector: Detector::Heuristic,
                 rule_id: SCRIPT_ENGINE_NETWORK.into(),
                 title: format!(
@@ -87,11 +93,11 @@ impl Heuristics {
                         .into(),
                 ),
                 author: None,
-                severity: Severity::High,
+                severity: network.severity,
                 tags: vec!["attack.execution".into(), "attack.t1059".into(), "attack.command_and_control".into()],
-                actions: vec![ActionKind::Notify],
+                actions: network.actions.clone(),
             }),
-            EventDetail::Exec(_) if !has_terminal(event) => out.push(Detection {
+            EventDetail::Exec(_) if background.enabled && !has_terminal(event) => out.push(Detection {
                 detector: Detector::Heuristic,
                 rule_id: SCRIPT_ENGINE_BACKGROUND.into(),
                 title: format!("Script engine {engine} running in the background"),
@@ -101,9 +107,9 @@ impl Heuristics {
                         .into(),
                 ),
                 author: None,
-                severity: Severity::Medium,
+                severity: background.severity,
                 tags: vec!["attack.execution".into(), "attack.t1059".into()],
-                actions: vec![ActionKind::Log],
+                actions: background.actions.clone(),
             }),
             _ => {}
         }
@@ -168,7 +174,7 @@ mod tests {
 
     fn run(h: &Heuristics, e: &Event) -> Vec<String> {
         let mut out = Vec::new();
-        h.evaluate(e, &mut out);
+        h.evaluate(e, &Settings::default(), &mut out);
         out.into_iter().map(|d| format!("{}:{}", d.rule_id, d.severity)).collect()
     }
 
@@ -216,5 +222,20 @@ mod tests {
         };
         let h = Heuristics::new(&section, vec![]);
         assert!(run(&h, &event("python3", None, connect("1.1.1.1"))).is_empty());
+    }
+
+    #[test]
+    fn the_policy_settings_switch_off_and_grade_each_heuristic() {
+        let h = Heuristics::new(&HeuristicsSection::default(), vec![]);
+        let mut settings = Settings::default();
+        settings.script_engine_network.severity = Severity::Critical;
+        settings.script_engine_network.actions = vec![ActionKind::Kill];
+        settings.script_engine_background.enabled = false;
+        let mut out = Vec::new();
+        h.evaluate(&event("perl", None, connect("1.1.1.1")), &settings, &mut out);
+        h.evaluate(&event("perl", None, EventDetail::Exec(ExecEvent::default())), &settings, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].rule_id.as_str(), out[0].severity), (SCRIPT_ENGINE_NETWORK, Severity::Critical));
+        assert_eq!(out[0].actions, [ActionKind::Kill]);
     }
 }

@@ -15,9 +15,9 @@ impl ContainerIds {
         }
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
         let id = text.lines().find_map(|l| container_id_from_cgroup(l.splitn(3, ':').nth(2)?));
-        // The root cgroup and cgroup id 0 (unknown) are shared by everything: don't pin a
-        // per-process answer to them.
-        if cgroup_id > 1 {
+        // Every process of a cgroup v2 group is in the same container (or none). Id 0 means
+        // "unknown" and is never cached.
+        if cgroup_id != 0 {
             self.by_cgroup.insert(cgroup_id, id.clone());
         }
         id

@@ -258,9 +258,9 @@ impl Publisher {
         }
     }
 
-    /// Durably appends a finding to the spool (when NATS is configured) and wakes the sender;
-    /// prints it when jsonl output is on. Does small synchronous disk I/O (write + fsync):
-    /// findings are rare next to events, and durability comes before returning. With jsonl
+    /// Appends a finding to the spool (when NATS is configured) and wakes the sender; prints
+    /// it when jsonl output is on. Does one small synchronous file write and rename: findings
+    /// are rare next to events, and the finding is on disk before this returns. With jsonl
     /// output it waits for room in the output queue rather than drop a finding from it.
     pub fn finding(&self, finding: &Finding) {
         let inner = &self.inner;

@@ -155,8 +155,8 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Appends a finding's encoded payload durably (fsync before it counts as spooled), then
-    /// evicts the oldest findings if the spool is over its bounds. Returns its sequence number.
+    /// Appends a finding's encoded payload (written to a temporary file and renamed into
+    /// place, so a crash never leaves half a finding), then evicts the oldest findings if the spool is over its bounds. Returns its sequence number.
     pub fn append(&mut self, payload: &[u8]) -> u64 {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
@@ -306,12 +306,10 @@ impl Spool {
             let mut file = fs::File::create(&temp).map_err(SpoolError::io("create", &temp))?;
             file.write_all(payload)
                 .map_err(SpoolError::io("write", &temp))?;
-            file.sync_all().map_err(SpoolError::io("sync", &temp))?;
-            fs::rename(&temp, &path).map_err(SpoolError::io("rename into place", &temp))?;
-            // The rename is only durable once the directory itself is synced.
-            fs::File::open(&self.dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(SpoolError::io("sync directory", &self.dir))
+            // No fsync: the write + rename survives the collector crashing or being killed,
+            // which is what the spool is for; an fsync per finding would put milliseconds of
+            // disk latency on the event path for protection against power loss only.
+            fs::rename(&temp, &path).map_err(SpoolError::io("rename into place", &temp))
         })();
         if result.is_err() {
             let _ = fs::remove_file(&temp);

@@ -4,7 +4,8 @@
 //! and hands it to a bounded channel; here records wait in the command-line join (a start is
 //! held until the kernel's copy of its command line arrives, see `sensor_etw::join`) and are
 //! mapped field for field onto [`SensorEvent`]s. Windows creates a process and its image in
-//! one step: a start is one [`ExecRecord`] carrying its parent (no [`ForkRecord`]).
+//! one step: a start is one [`ExecRecord`] carrying its parent, with no
+//! [`ForkRecord`](super::ForkRecord).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -28,22 +28,25 @@ const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 
-struct Member {
-    name: u32,
-    type_id: u32,
-    bit_offset: u32,
-}
-
+/// One type, with its members left in the raw data: only the few structs we ask about are
+/// ever walked, so the 100k-type kernel BTF costs an index, not a parsed tree.
 struct Type {
     name: u32,
     kind: u32,
+    kind_flag: bool,
     /// Referenced type for modifiers and typedefs.
     type_ref: u32,
-    members: Vec<Member>,
+    vlen: u32,
+    /// Offset of the member array in `types_data`.
+    members_at: u32,
 }
 
 pub struct Btf {
-    strings: Vec<u8>,
+    data: Vec<u8>,
+    /// The type section's range in `data`.
+    types_start: usize,
+    strings_start: usize,
+    strings_len: usize,
     /// Index 0 is `void`.
     types: Vec<Type>,
     structs_by_name: HashMap<String, u32>,
@@ -61,77 +64,76 @@ impl Btf {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&data)
+        Self::parse(data)
     }
 
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+    pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
         if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
             return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
         }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let type_off = u32_at(data, 8)? as usize;
-        let type_len = u32_at(data, 12)? as usize;
-        let str_off = u32_at(data, 16)? as usize;
-        let str_len = u32_at(data, 20)? as usize;
-        let types_data = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
-            .ok_or(BtfError::Malformed("type section out of bounds"))?;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or(BtfError::Malformed("string section out of bounds"))?
-            .to_vec();
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let type_off = u32_at(&data, 8)? as usize;
+        let type_len = u32_at(&data, 12)? as usize;
+        let str_off = u32_at(&data, 16)? as usize;
+        let str_len = u32_at(&data, 20)? as usize;
+        let types_start = hdr_len + type_off;
+        let strings_start = hdr_len + str_off;
+        if data.len() < types_start + type_len || data.len() < strings_start + str_len {
+            return Err(BtfError::Malformed("section out of bounds"));
+        }
+        let types_data = &data[types_start..types_start + type_len];
 
-        let mut types = vec![Type { name: 0, kind: 0, type_ref: 0, members: Vec::new() }];
+        let mut types = vec![Type { name: 0, kind: 0, kind_flag: false, type_ref: 0, vlen: 0, members_at: 0 }];
         let mut at = 0;
         while at < types_data.len() {
             let name = u32_at(types_data, at)?;
             let info = u32_at(types_data, at + 4)?;
             let size_or_type = u32_at(types_data, at + 8)?;
             at += 12;
-            let vlen = (info & 0xffff) as usize;
+            let vlen = info & 0xffff;
             let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let mut members = Vec::new();
-            let extra = match kind {
-                1 | 14 | 17 => 4,           // int, var, decl_tag
-                3 => 12,                    // array
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let raw_offset = u32_at(types_data, m + 8)?;
-                        members.push(Member {
-                            name: u32_at(types_data, m)?,
-                            type_id: u32_at(types_data, m + 4)?,
-                            bit_offset: if kind_flag { raw_offset & 0x00ff_ffff } else { raw_offset },
-                        });
-                    }
-                    vlen * 12
-                }
-                6 | 13 => vlen * 8,         // enum, func_proto
-                15 | 19 => vlen * 12,       // datasec, enum64
+            let members_at = at as u32;
+            at += match kind {
+                1 | 14 | 17 => 4,                       // int, var, decl_tag
+                3 => 12,                                // array
+                KIND_STRUCT | KIND_UNION => vlen as usize * 12,
+                6 | 13 => vlen as usize * 8,            // enum, func_proto
+                15 | 19 => vlen as usize * 12,          // datasec, enum64
                 _ => 0,
             };
-            at += extra;
-            types.push(Type { name, kind, type_ref: size_or_type, members });
+            types.push(Type { name, kind, kind_flag: info >> 31 == 1, type_ref: size_or_type, vlen, members_at });
         }
 
-        let mut btf = Btf { strings, types, structs_by_name: HashMap::new() };
+        let mut btf = Btf { data, types_start, strings_start, strings_len: str_len, types, structs_by_name: HashMap::new() };
+        let mut by_name = HashMap::new();
         for (id, ty) in btf.types.iter().enumerate() {
             if ty.kind == KIND_STRUCT && ty.name != 0 {
-                let name = btf.string(ty.name).to_string();
-                btf.structs_by_name.entry(name).or_insert(id as u32);
+                by_name.entry(btf.string(ty.name).to_string()).or_insert(id as u32);
             }
         }
+        btf.structs_by_name = by_name;
         Ok(btf)
     }
 
     fn string(&self, offset: u32) -> &str {
-        let start = offset as usize;
-        let Some(rest) = self.strings.get(start..) else {
+        let strings = &self.data[self.strings_start..self.strings_start + self.strings_len];
+        let Some(rest) = strings.get(offset as usize..) else {
             return "";
         };
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    /// (name, type id, bit offset) of each member of a struct or union.
+    fn members(&self, ty: &Type) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        let base = self.types_start + ty.members_at as usize;
+        let kind_flag = ty.kind_flag;
+        (0..ty.vlen as usize).filter_map(move |i| {
+            let m = base + i * 12;
+            let raw = u32_at(&self.data, m + 8).ok()?;
+            let bit_offset = if kind_flag { raw & 0x00ff_ffff } else { raw };
+            Some((u32_at(&self.data, m).ok()?, u32_at(&self.data, m + 4).ok()?, bit_offset))
+        })
     }
 
     /// Follows typedefs and qualifiers to the underlying type id.
@@ -169,21 +171,15 @@ impl Btf {
             return None;
         }
         let ty = self.types.get(id as usize)?;
-        for m in &ty.members {
-            if m.name != 0 && self.string(m.name) == member {
-                return Some(m.bit_offset);
-            }
+        if !matches!(ty.kind, KIND_STRUCT | KIND_UNION) {
+            return None;
         }
-        for m in ty.members.iter().filter(|m| m.name == 0) {
-            let inner = self.resolve(m.type_id);
-            let kind = self.types.get(inner as usize).map(|t| t.kind);
-            if matches!(kind, Some(KIND_STRUCT | KIND_UNION)) {
-                if let Some(found) = self.find_member(inner, member, depth + 1) {
-                    return Some(m.bit_offset + found);
-                }
-            }
+        if let Some((_, _, bits)) = self.members(ty).find(|&(name, _, _)| name != 0 && self.string(name) == member) {
+            return Some(bits);
         }
-        None
+        self.members(ty).filter(|&(name, _, _)| name == 0).find_map(|(_, type_id, bits)| {
+            self.find_member(self.resolve(type_id), member, depth + 1).map(|found| bits + found)
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 mod btf;
 mod connect;
 mod decode;
+mod enforce;
 mod offsets;
 mod preflight;
 pub mod procfs;
@@ -23,6 +24,7 @@ use protocol::{ExitEvent, Timestamp};
 use sensor_common::{DropKind, EXEC_ARGV_FROM_KERNEL, EXEC_ARGV_TRUNCATED, EXEC_HAS_TTY};
 use tokio::io::unix::AsyncFd;
 
+pub use self::enforce::EbpfEnforcement;
 use self::{connect::ConnectJoiner, decode::Record};
 use super::{
     EventSource, ExecRecord, ExitRecord, FileId, ForkRecord, ProcessKey, SensorEvent,
@@ -71,7 +73,7 @@ impl BootClock {
 
 pub struct EbpfSource {
     /// Keeps the programs loaded and attached.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     cgroup_root: PathBuf,
@@ -185,6 +187,13 @@ impl Translator {
     }
 }
 
+impl EbpfSource {
+    /// The block and kill-on-exec maps, for the actuator (once).
+    pub fn take_enforcement(&mut self) -> Result<EbpfEnforcement, SourceError> {
+        EbpfEnforcement::take(&mut self.ebpf).map_err(SourceError::Other)
+    }
+}
+
 impl EventSource for EbpfSource {
     fn start(options: &SourceOptions) -> Result<Self, SourceError> {
         preflight::check_capabilities()?;
@@ -259,7 +268,7 @@ impl EventSource for EbpfSource {
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(cgroup = %cgroup_root.display(), ring_bytes = options.buffer_bytes, "eBPF sensor attached");
         Ok(EbpfSource {
-            _ebpf: ebpf,
+            ebpf,
             ring,
             drops,
             cgroup_root,

@@ -1,0 +1,83 @@
+//! The live process behind an `ExecId`, and signals through a pidfd.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+};
+
+use protocol::{BootId, ExecId};
+
+use crate::source::ebpf::procfs;
+
+/// Refuses unless `target` names the process that holds its pid right now (same boot, same
+/// start time). The exec sequence number is the collector's own count and is not visible in
+/// /proc; pid reuse always changes the start time.
+pub fn check_identity(target: &ExecId, boot: BootId) -> Result<(), String> {
+    if target.boot != boot {
+        return Err(format!("stale ExecId {target}: it is from another boot"));
+    }
+    match procfs::read_stat(target.pid) {
+        None => Err(format!(
+            "stale ExecId {target}: no process {} is running",
+            target.pid
+        )),
+        Some(stat) if stat.start_ticks != target.start_ticks => Err(format!(
+            "stale ExecId {target}: pid {} now belongs to another process (started at tick {})",
+            target.pid, stat.start_ticks
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A process file descriptor: signals sent through it reach the process it was opened for,
+/// even if the pid is reused meanwhile.
+pub struct PidFd(OwnedFd);
+
+impl PidFd {
+    pub fn open(pid: u32) -> io::Result<PidFd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just gave us this fd; nothing else owns it.
+        Ok(PidFd(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    pub fn signal(&self, sig: i32) -> io::Result<()> {
+        // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Opens a pidfd for `target` after checking its identity, and checks again afterwards, so
+/// the pidfd is known to refer to the checked process.
+pub fn open_checked(target: &ExecId, boot: BootId) -> Result<PidFd, String> {
+    check_identity(target, boot)?;
+    let fd = PidFd::open(target.pid)
+        .map_err(|e| format!("cannot open a pidfd for {}: {e}", target.pid))?;
+    check_identity(target, boot)?;
+    Ok(fd)
+}
+
+/// The executable of a live process: its path (as /proc shows it) and (device, inode).
+pub fn exe_file(pid: u32) -> io::Result<(PathBuf, u64, u64)> {
+    let link = format!("/proc/{pid}/exe");
+    let path = std::fs::read_link(&link)?;
+    let meta = std::fs::metadata(&link)?;
+    Ok((path, meta.dev(), meta.ino()))
+}

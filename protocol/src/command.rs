@@ -1,0 +1,155 @@
+//! Commands from a responder or an operator to a host's actuator (`osprey.cmd.<host>`,
+//! request/reply), and the actuator's answer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ActionKind, ExecId, FindingId, Timestamp};
+
+/// A signed instruction for one host. The signature covers the MessagePack encoding of the
+/// command without its `signature` field ([`crate::signing`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Unique per command (also names the audit records of its handling).
+    pub id: String,
+    /// Random, single use: a command seen twice is a replay.
+    pub nonce: String,
+    pub issued_at: Timestamp,
+    /// The host that must execute it (equal to the subject's host).
+    pub host: String,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding_id: Option<FindingId>,
+    /// The signer's public key (base64), which must be in the host's trusted keys.
+    pub key_id: String,
+    /// ed25519 signature (base64); absent on an unsigned command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// What to do. Times to live are in seconds; an expired block or suspension is undone by the
+/// actuator itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    Kill {
+        target: ExecId,
+    },
+    Suspend {
+        target: ExecId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u64>,
+    },
+    Resume {
+        target: ExecId,
+    },
+    /// Moves the target's executable (or `path`) into the quarantine directory.
+    Quarantine {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<ExecId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+    },
+    /// Copies the target's readable memory and its maps file.
+    Dump {
+        target: ExecId,
+    },
+    /// Refuses connects to `cidr` (and `port`, when given) in the kernel.
+    Block {
+        cidr: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u64>,
+    },
+    Unblock {
+        cidr: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    },
+    /// Kills any process that executes this file (by device and inode).
+    KillOnExec {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u64>,
+    },
+}
+
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::Kill { .. } => ActionKind::Kill,
+            Action::Suspend { .. } => ActionKind::Suspend,
+            Action::Resume { .. } => ActionKind::Resume,
+            Action::Quarantine { .. } => ActionKind::Quarantine,
+            Action::Dump { .. } => ActionKind::Dump,
+            Action::Block { .. } | Action::Unblock { .. } => ActionKind::Block,
+            Action::KillOnExec { .. } => ActionKind::KillOnExec,
+        }
+    }
+
+    /// The action's name in audit records (`kill`, `block`, `unblock`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Kill { .. } => "kill",
+            Action::Suspend { .. } => "suspend",
+            Action::Resume { .. } => "resume",
+            Action::Quarantine { .. } => "quarantine",
+            Action::Dump { .. } => "dump",
+            Action::Block { .. } => "block",
+            Action::Unblock { .. } => "unblock",
+            Action::KillOnExec { .. } => "kill_on_exec",
+        }
+    }
+
+    /// The process the action is aimed at, when it has one.
+    pub fn target(&self) -> Option<ExecId> {
+        match self {
+            Action::Kill { target }
+            | Action::Suspend { target, .. }
+            | Action::Resume { target }
+            | Action::Dump { target } => Some(*target),
+            Action::Quarantine { target, .. } => *target,
+            _ => None,
+        }
+    }
+
+    /// A human-readable target: the `ExecId`, the destination or the path.
+    pub fn target_text(&self) -> Option<String> {
+        match self {
+            Action::Block { cidr, port, .. } | Action::Unblock { cidr, port } => Some(match port {
+                Some(p) => format!("{cidr} port {p}"),
+                None => cidr.clone(),
+            }),
+            Action::KillOnExec { path, .. } => path.clone(),
+            Action::Quarantine { target: None, path } => path.clone(),
+            _ => self.target().map(|t| t.to_string()),
+        }
+    }
+}
+
+/// How the actuator handled a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// Done.
+    Ok,
+    /// Not done: it failed verification or a safety check.
+    Refused,
+    /// Accepted but the action itself failed (e.g. the process exited meanwhile).
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The command's id (empty when the command could not be decoded).
+    pub command_id: String,
+    pub host: String,
+    pub status: CommandStatus,
+    /// Why, in one sentence (the reason for a refusal, the error of a failure, or what was done).
+    pub reason: String,
+    /// Where the action's output went (quarantined file, dump directory), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    pub time: Timestamp,
+}

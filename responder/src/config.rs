@@ -1,0 +1,117 @@
+//! `/etc/osprey/responder.yaml`: read, defaulted and validated at load.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponderConfig {
+    pub nats: NatsSection,
+    /// The response policy (docs/responder.md).
+    pub policy: PathBuf,
+    /// This responder's secret key (as `osprey keys generate` writes it); hosts trust its
+    /// public half.
+    pub signing_key: PathBuf,
+    /// Operators' public keys (base64) whose approvals count.
+    pub operator_keys: Vec<String>,
+    /// JSON lines, one per decision (also published on `osprey.audit`).
+    pub audit_file: PathBuf,
+    /// Finding ids already handled (idempotency across redeliveries and restarts).
+    pub state_dir: PathBuf,
+    /// Decide and audit, but send nothing.
+    pub dry_run: bool,
+    /// Durable JetStream consumer name.
+    pub consumer: String,
+    /// Seconds to wait for a host's answer to a command.
+    pub command_timeout_secs: u64,
+    /// Seconds an action awaits approval before it is dropped (audited as denied).
+    pub approval_timeout_secs: u64,
+    /// Actions per host and action kind per hour (0: unlimited), with per-action overrides.
+    pub rate_limit_per_hour: u32,
+    pub rate_limits: std::collections::BTreeMap<String, u32>,
+    /// A host whose heartbeat stops for this long raises a finding (0: off).
+    pub heartbeat_timeout_secs: u64,
+    /// Slack-compatible webhook for `notify` (http:// only).
+    pub notify_webhook: Option<String>,
+    /// Executables (full paths) the responder never targets, on top of the built-in set.
+    pub protected_executables: Vec<String>,
+    /// Destinations (CIDRs) never blocked, on top of the NATS servers.
+    pub protected_networks: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSection {
+    pub url: String,
+    pub credentials: Option<PathBuf>,
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        NatsSection {
+            url: "nats://127.0.0.1:4222".into(),
+            credentials: None,
+        }
+    }
+}
+
+impl Default for ResponderConfig {
+    fn default() -> Self {
+        ResponderConfig {
+            nats: NatsSection::default(),
+            policy: PathBuf::from("/etc/osprey/response-policy.yaml"),
+            signing_key: PathBuf::from("/etc/osprey/responder.key"),
+            operator_keys: Vec::new(),
+            audit_file: PathBuf::from("/var/log/osprey/responder-audit.jsonl"),
+            state_dir: PathBuf::from("/var/lib/osprey/responder"),
+            dry_run: false,
+            consumer: "osprey-responder".into(),
+            command_timeout_secs: 10,
+            approval_timeout_secs: 900,
+            rate_limit_per_hour: 20,
+            rate_limits: Default::default(),
+            heartbeat_timeout_secs: 30,
+            notify_webhook: None,
+            protected_executables: Vec::new(),
+            protected_networks: Vec::new(),
+        }
+    }
+}
+
+impl ResponderConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let config: ResponderConfig = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        };
+        for (i, net) in config.protected_networks.iter().enumerate() {
+            net.parse::<ipnet::IpNet>().map_err(|e| {
+                anyhow::anyhow!("{}: protected_networks[{i}]: {net:?}: {e}", path.display())
+            })?;
+        }
+        for (i, key) in config.operator_keys.iter().enumerate() {
+            protocol::signing::PublicKey::from_base64(key)
+                .map_err(|e| anyhow::anyhow!("{}: operator_keys[{i}]: {e}", path.display()))?;
+        }
+        if config.consumer.is_empty() || config.consumer.contains(['.', '*', '>', ' ']) {
+            anyhow::bail!(
+                "{}: consumer: {:?} is not a valid durable name",
+                path.display(),
+                config.consumer
+            );
+        }
+        Ok(config)
+    }
+
+    /// The hourly limit for `action` (0: unlimited).
+    pub fn rate_limit(&self, action: &str) -> u32 {
+        self.rate_limits
+            .get(action)
+            .copied()
+            .unwrap_or(self.rate_limit_per_hour)
+    }
+}

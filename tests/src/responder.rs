@@ -1,0 +1,58 @@
+//! The responder under test, stopped when dropped.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+pub struct Responder {
+    child: Child,
+}
+
+impl Responder {
+    pub fn start(config: &Path, extra: &[&str]) -> Responder {
+        let child = Command::new(crate::bin_dir().join("osprey-responder"))
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("osprey-responder is built (cargo build --workspace --bins)");
+        Responder { child }
+    }
+
+    /// Runs the responder to completion (for start-up failures).
+    pub fn run_to_exit(config: &Path, extra: &[&str]) -> std::process::Output {
+        Command::new(crate::bin_dir().join("osprey-responder"))
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .output()
+            .expect("osprey-responder runs")
+    }
+
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
