@@ -354,6 +354,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_loads_with_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/collector.yaml");
+        let c = CollectorConfig::load(&path, true).unwrap();
+        assert_eq!((c.policy, c.sigma.len()), (None, 0));
+        assert_eq!(c.memory_sample_interval_secs, CollectorConfig::default().memory_sample_interval_secs);
+    }
+
+    #[test]
     fn rule_paths_and_memory_sampling() {
         let c = parse("policy: /etc/osprey/policy.yaml\nsigma: [/etc/osprey/sigma, /opt/x.yml]\n").unwrap();
         assert_eq!(c.policy.as_deref(), Some(Path::new("/etc/osprey/policy.yaml")));

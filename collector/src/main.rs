@@ -151,6 +151,7 @@ async fn start_actuator(
     config: &CollectorConfig,
     host: &str,
     source: &mut PlatformSource,
+    active_blocks: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>> {
     use collector::actuator::{nats_endpoints, Actuator, ActuatorOptions, Enforcement};
     let Some(url) = config.nats.url.clone().filter(|_| config.actuator.enabled) else {
@@ -177,6 +178,7 @@ async fn start_actuator(
             boot: boot_id(),
             section: config.actuator.clone(),
             protected_destinations: nats_endpoints(&url),
+            active_blocks,
         },
         enforcement,
         Some(client.clone()),
@@ -246,8 +248,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cgroup_root: config.sensor.cgroup_root.clone(),
     })?;
 
+    let active_blocks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     #[cfg(target_os = "linux")]
-    let actuator = start_actuator(&config, &host, &mut source).await?;
+    let actuator = start_actuator(&config, &host, &mut source, active_blocks.clone()).await?;
 
     let (publisher, publisher_task) = Publisher::start(PublisherConfig {
         host: host.clone(),
@@ -273,6 +276,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             reconcile_interval: Duration::from_secs(config.process_table.reconcile_interval_secs.max(1)),
             argv_source: if cfg!(windows) { ArgvSource::Os } else { ArgvSource::Kernel },
             memory_sample_interval: config.memory_sample_interval(),
+            active_blocks,
         },
         source,
         ProcessTable::new(boot_id(), config.process_table.capacity),

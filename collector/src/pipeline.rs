@@ -35,6 +35,8 @@ pub struct PipelineOptions {
     /// Between resident-memory samples of live processes (taken only while a loaded rule
     /// looks at samples).
     pub memory_sample_interval: Duration,
+    /// Active kernel blocks and kill-on-exec entries, kept by the actuator (heartbeats).
+    pub active_blocks: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct Pipeline<S: EventSource> {
@@ -304,7 +306,7 @@ impl<S: EventSource> Pipeline<S> {
             spool_evicted: publisher.spool_evicted,
             process_table_size: table.size,
             process_table_evicted: table.evicted,
-            active_blocks: 0,
+            active_blocks: self.options.active_blocks.load(std::sync::atomic::Ordering::Relaxed),
         };
         self.events_at_last_heartbeat = total;
         self.last_heartbeat = Instant::now();

@@ -29,8 +29,8 @@ pub use event::{
 };
 pub use finding::{ActionKind, Detector, Finding, FindingId, Trigger};
 pub use heartbeat::Heartbeat;
-pub use quarantine::QuarantineRecord;
 pub use process::{Ancestor, ArgvSource, BootId, ExecId, ExecIdParseError, Process};
+pub use quarantine::QuarantineRecord;
 pub use severity::Severity;
 pub use time::Timestamp;
 

@@ -477,6 +477,11 @@ async fn a_blocked_destination_fails_with_eperm_until_its_ttl_also_across_a_rest
         "{}",
         denied.process.exe
     );
+    eventually(Duration::from_secs(5), || {
+        collector.last_heartbeat().filter(|h| h.active_blocks == 1)
+    })
+    .await
+    .expect("heartbeats count the active block");
     let rolled = wait_audit(&env.actuator_audit(), "the block's rollback", |r| {
         r.decision == Decision::RolledBack && r.action == "block"
     })
@@ -823,9 +828,12 @@ async fn the_responder_refuses_protected_targets_stale_ids_and_the_rate_limits_n
     responder.stop();
 
     // Forged findings through the stream (a restarted responder with a higher limit):
-    // pid 1, the collector itself, a stale ExecId.
+    // pid 1, the collector itself, a stale ExecId, and a block of the NATS server.
+    let policy = format!(
+        "{KILL_SCRIPT_ENGINES}  - name: block-forged\n    match:\n      rule_ids: [forged.block]\n    actions: [block]\n"
+    );
     let responder = Responder::start(
-        &env.responder_config(KILL_SCRIPT_ENGINES, "rate_limit_per_hour: 100\n"),
+        &env.responder_config(&policy, "rate_limit_per_hour: 100\n"),
         &[],
     );
     let js = async_nats::jetstream::new(env.client.clone());
@@ -847,11 +855,22 @@ async fn the_responder_refuses_protected_targets_stale_ids_and_the_rate_limits_n
             "stale ExecId",
         ),
     ];
-    for (what, target, needle) in cases {
+    // f1's trigger is a connect to 127.0.0.1, where the NATS server listens.
+    let cases = cases
+        .into_iter()
+        .map(|(what, target, needle)| (what, target, needle, NETWORK_RULE))
+        .chain([(
+            "a protected destination",
+            live,
+            "protected destination",
+            "forged.block",
+        )]);
+    for (what, target, needle, rule) in cases {
         let mut f = f1.clone();
         f.process.exec_id = target;
         f.process.pid = target.pid;
         f.process.exe = "/usr/bin/python3".into();
+        f.rule_id = rule.into();
         f.id = protocol::FindingId(format!("forged-{}", random_id()));
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", f.id.0.as_str());

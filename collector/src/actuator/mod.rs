@@ -15,6 +15,10 @@ mod state;
 use std::{
     collections::{HashMap, VecDeque},
     path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -49,6 +53,8 @@ pub struct ActuatorOptions {
     pub section: ActuatorSection,
     /// Destinations never blocked: the NATS servers (and the configured networks, added here).
     pub protected_destinations: Vec<Endpoint>,
+    /// Updated with the number of active blocks and kill-on-exec entries (for heartbeats).
+    pub active_blocks: Arc<AtomicU64>,
 }
 
 /// What handling one command produced.
@@ -94,6 +100,7 @@ pub struct Actuator {
     audit: AuditLog,
     /// Accepted actions per kind in the last hour.
     recent: HashMap<&'static str, VecDeque<Instant>>,
+    active_blocks: Arc<AtomicU64>,
 }
 
 impl Actuator {
@@ -152,7 +159,11 @@ impl Actuator {
             enforcement,
             audit,
             recent: HashMap::new(),
+            active_blocks: options.active_blocks,
         };
+        actuator
+            .active_blocks
+            .store(actuator.active_blocks(), Ordering::Relaxed);
         actuator.reapply();
         actuator.expire(Timestamp::now());
         Ok(actuator)
@@ -208,6 +219,8 @@ impl Actuator {
     }
 
     fn save(&self) {
+        self.active_blocks
+            .store(self.active_blocks(), Ordering::Relaxed);
         if let Err(e) = self.state_file.save(&self.state) {
             tracing::error!("actuator: cannot save its state: {e}");
         }
