@@ -152,6 +152,7 @@ async fn start_actuator(
     host: &str,
     source: &mut PlatformSource,
     active_blocks: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    images: collector::process::CurrentImages,
 ) -> anyhow::Result<Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>> {
     use collector::actuator::{nats_endpoints, Actuator, ActuatorOptions, Enforcement};
     let Some(url) = config.nats.url.clone().filter(|_| config.actuator.enabled) else {
@@ -179,6 +180,7 @@ async fn start_actuator(
             section: config.actuator.clone(),
             protected_destinations: nats_endpoints(&url),
             active_blocks,
+            images,
         },
         enforcement,
         Some(client.clone()),
@@ -248,9 +250,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cgroup_root: config.sensor.cgroup_root.clone(),
     })?;
 
+    let table = ProcessTable::new(boot_id(), config.process_table.capacity);
     let active_blocks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     #[cfg(target_os = "linux")]
-    let actuator = start_actuator(&config, &host, &mut source, active_blocks.clone()).await?;
+    let actuator = start_actuator(&config, &host, &mut source, active_blocks.clone(), table.current_images()).await?;
 
     let (publisher, publisher_task) = Publisher::start(PublisherConfig {
         host: host.clone(),
@@ -279,7 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             active_blocks,
         },
         source,
-        ProcessTable::new(boot_id(), config.process_table.capacity),
+        table,
         Detectors::new(Heuristics::new(&config.heuristics, local), rules),
         publisher,
     )?;

@@ -36,7 +36,7 @@ use self::{
     safety::Protected,
     state::{Enforced, Entry, State, StateFile},
 };
-use crate::config::ActuatorSection;
+use crate::{config::ActuatorSection, process::CurrentImages};
 
 /// The kernel side of blocks and kill-on-exec (the eBPF source's maps).
 pub trait Enforcement: Send + 'static {
@@ -55,6 +55,8 @@ pub struct ActuatorOptions {
     pub protected_destinations: Vec<Endpoint>,
     /// Updated with the number of active blocks and kill-on-exec entries (for heartbeats).
     pub active_blocks: Arc<AtomicU64>,
+    /// The process table's view of which image each pid runs (ExecId checks).
+    pub images: CurrentImages,
 }
 
 /// What handling one command produced.
@@ -101,6 +103,7 @@ pub struct Actuator {
     /// Accepted actions per kind in the last hour.
     recent: HashMap<&'static str, VecDeque<Instant>>,
     active_blocks: Arc<AtomicU64>,
+    images: CurrentImages,
 }
 
 impl Actuator {
@@ -160,6 +163,7 @@ impl Actuator {
             audit,
             recent: HashMap::new(),
             active_blocks: options.active_blocks,
+            images: options.images,
         };
         actuator
             .active_blocks
@@ -211,7 +215,7 @@ impl Actuator {
             }
             Enforced::KillOnExec { dev, ino, .. } => self.kernel()?.remove_kill_on_exec(*dev, *ino),
             Enforced::Suspend { target } => {
-                let fd = proc::open_checked(target, self.boot)?;
+                let fd = proc::open_checked(target, self.boot, &self.images)?;
                 fd.signal(libc::SIGCONT)
                     .map_err(|e| format!("SIGCONT: {e}"))
             }
@@ -405,7 +409,7 @@ impl Actuator {
     }
 
     fn signal_target(&self, target: &protocol::ExecId, sig: i32) -> Outcome {
-        let fd = match proc::open_checked(target, self.boot) {
+        let fd = match proc::open_checked(target, self.boot, &self.images) {
             Ok(fd) => fd,
             Err(e) => return Outcome::refused(e),
         };
@@ -434,7 +438,7 @@ impl Actuator {
                 outcome
             }
             Action::Dump { target } => {
-                if let Err(e) = proc::check_identity(target, self.boot)
+                if let Err(e) = proc::check_identity(target, self.boot, &self.images)
                     .and_then(|()| self.protected.check_process(target.pid))
                 {
                     return Outcome::refused(e);
@@ -450,7 +454,7 @@ impl Actuator {
             Action::Quarantine { target, path } => {
                 let path = match (target, path) {
                     (Some(t), _) => {
-                        if let Err(e) = proc::check_identity(t, self.boot)
+                        if let Err(e) = proc::check_identity(t, self.boot, &self.images)
                             .and_then(|()| self.protected.check_process(t.pid))
                         {
                             return Outcome::refused(e);

@@ -9,14 +9,22 @@ use std::{
 
 use protocol::{BootId, ExecId};
 
-use crate::source::ebpf::procfs;
+use crate::{process::CurrentImages, source::ebpf::procfs};
 
-/// Refuses unless `target` names the process that holds its pid right now (same boot, same
-/// start time). The exec sequence number is the collector's own count and is not visible in
-/// /proc; pid reuse always changes the start time.
-pub fn check_identity(target: &ExecId, boot: BootId) -> Result<(), String> {
+/// Refuses unless `target` names the image that holds its pid right now: same boot, same
+/// start time (pid reuse always changes it, and /proc shows it) and same exec sequence number
+/// (which only the process table knows: a process that exec'd since runs another image).
+pub fn check_identity(target: &ExecId, boot: BootId, images: &CurrentImages) -> Result<(), String> {
     if target.boot != boot {
         return Err(format!("stale ExecId {target}: it is from another boot"));
+    }
+    if let Some(current) = images.get(target.pid) {
+        if current.same_process(target) && current.seq != target.seq {
+            return Err(format!(
+                "stale ExecId {target}: process {} has exec'd since and now runs {current}",
+                target.pid
+            ));
+        }
     }
     match procfs::read_stat(target.pid) {
         None => Err(format!(
@@ -66,11 +74,11 @@ impl PidFd {
 
 /// Opens a pidfd for `target` after checking its identity, and checks again afterwards, so
 /// the pidfd is known to refer to the checked process.
-pub fn open_checked(target: &ExecId, boot: BootId) -> Result<PidFd, String> {
-    check_identity(target, boot)?;
+pub fn open_checked(target: &ExecId, boot: BootId, images: &CurrentImages) -> Result<PidFd, String> {
+    check_identity(target, boot, images)?;
     let fd = PidFd::open(target.pid)
         .map_err(|e| format!("cannot open a pidfd for {}: {e}", target.pid))?;
-    check_identity(target, boot)?;
+    check_identity(target, boot, images)?;
     Ok(fd)
 }
 
@@ -80,4 +88,35 @@ pub fn exe_file(pid: u32) -> io::Result<(PathBuf, u64, u64)> {
     let path = std::fs::read_link(&link)?;
     let meta = std::fs::metadata(&link)?;
     Ok((path, meta.dev(), meta.ino()))
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use crate::{
+        process::ProcessTable,
+        source::{ExecRecord, ProcessKey},
+    };
+    use protocol::ArgvSource;
+
+    #[test]
+    fn an_exec_since_makes_an_exec_id_stale() {
+        let me = std::process::id();
+        let ticks = procfs::read_stat(me).expect("own stat").start_ticks;
+        let boot = BootId(7);
+        let mut table = ProcessTable::new(boot, 16);
+        let rec = ExecRecord {
+            process: ProcessKey { pid: me, start_ticks: ticks },
+            comm: "test".into(),
+            ..Default::default()
+        };
+        let (before, _) = table.exec(&rec, ArgvSource::Kernel);
+        let (now, _) = table.exec(&rec, ArgvSource::Kernel);
+        let images = table.current_images();
+        let err = check_identity(&before.exec_id, boot, &images).unwrap_err();
+        assert!(err.contains("exec'd since"), "{err}");
+        assert!(check_identity(&now.exec_id, boot, &images).is_ok());
+        let other_boot = ExecId { boot: BootId(8), ..now.exec_id };
+        assert!(check_identity(&other_boot, boot, &images).is_err());
+    }
 }

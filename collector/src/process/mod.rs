@@ -3,4 +3,4 @@
 
 mod table;
 
-pub use table::{ProcessTable, TableStats};
+pub use table::{CurrentImages, ProcessTable, TableStats};

@@ -2,6 +2,7 @@
 
 use std::{
     collections::HashMap,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -33,6 +34,37 @@ pub struct ProcessTable {
     entries: HashMap<u32, Entry>,
     capacity: usize,
     evicted: u64,
+    images: CurrentImages,
+}
+
+/// The `ExecId` each live pid runs now, shared read-only with the actuator: /proc shows pid
+/// and start time, but only the table knows whether the process has exec'd since, which makes
+/// an `ExecId` stale.
+#[derive(Clone, Default)]
+pub struct CurrentImages(Arc<RwLock<HashMap<u32, ExecId>>>);
+
+impl CurrentImages {
+    pub fn get(&self, pid: u32) -> Option<ExecId> {
+        self.0.read().ok()?.get(&pid).copied()
+    }
+
+    fn set(&self, id: ExecId) {
+        if let Ok(mut map) = self.0.write() {
+            map.insert(id.pid, id);
+        }
+    }
+
+    fn remove(&self, pid: u32) {
+        if let Ok(mut map) = self.0.write() {
+            map.remove(&pid);
+        }
+    }
+
+    fn retain(&self, keep: impl Fn(u32) -> bool) {
+        if let Ok(mut map) = self.0.write() {
+            map.retain(|pid, _| keep(*pid));
+        }
+    }
 }
 
 fn base_name(path: &str) -> &str {
@@ -41,7 +73,18 @@ fn base_name(path: &str) -> &str {
 
 impl ProcessTable {
     pub fn new(boot: BootId, capacity: usize) -> Self {
-        ProcessTable { boot, entries: HashMap::new(), capacity: capacity.max(16), evicted: 0 }
+        ProcessTable {
+            boot,
+            entries: HashMap::new(),
+            capacity: capacity.max(16),
+            evicted: 0,
+            images: CurrentImages::default(),
+        }
+    }
+
+    /// A handle on the current image of every live pid.
+    pub fn current_images(&self) -> CurrentImages {
+        self.images.clone()
     }
 
     pub fn stats(&self) -> TableStats {
@@ -72,6 +115,7 @@ impl ProcessTable {
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key.pid) {
             self.evict_one(now);
         }
+        self.images.set(process.exec_id);
         self.entries.insert(key.pid, Entry { key, process, exited: None, touched: now });
     }
 
@@ -84,6 +128,7 @@ impl ProcessTable {
             .map(|(pid, _)| *pid);
         if let Some(pid) = victim {
             self.entries.remove(&pid);
+            self.images.remove(pid);
             self.evicted += 1;
             tracing::debug!(pid, "process table full: evicted an entry");
         }
@@ -202,6 +247,7 @@ impl ProcessTable {
             return None;
         }
         entry.exited = Some(now);
+        self.images.remove(key.pid);
         Some(entry.process.clone())
     }
 
@@ -246,6 +292,8 @@ impl ProcessTable {
             Some(at) => now.duration_since(at) < EXITED_GRACE,
             None => alive.contains(&e.key) || now.duration_since(e.touched) < EXITED_GRACE,
         });
+        let entries = &self.entries;
+        self.images.retain(|pid| entries.get(&pid).is_some_and(|e| e.exited.is_none()));
         before - self.entries.len()
     }
 
@@ -317,6 +365,19 @@ mod tests {
         let (p, prev) = t.exec(&exec(300, 100, 20, "/bin/b", &["b"]), ArgvSource::Kernel);
         assert_eq!(p.exec_id.seq, 0);
         assert!(prev.is_none());
+    }
+
+    #[test]
+    fn current_images_follow_exec_and_exit() {
+        let mut t = table();
+        let images = t.current_images();
+        let (p, _) = t.exec(&exec(400, 100, 7, "/bin/a", &["a"]), ArgvSource::Kernel);
+        assert_eq!(images.get(400), Some(p.exec_id));
+        let (q, _) = t.exec(&exec(400, 100, 7, "/bin/b", &["b"]), ArgvSource::Kernel);
+        assert_eq!(images.get(400).map(|id| id.seq), Some(q.exec_id.seq));
+        assert_ne!(p.exec_id, q.exec_id);
+        t.exit(ProcessKey { pid: 400, start_ticks: 7 });
+        assert_eq!(images.get(400), None);
     }
 
     #[test]
