@@ -27,8 +27,14 @@ fn main() {
     }
 
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let workspace = manifest_dir.parent().expect("collector lives in the workspace");
-    for dir in ["sensor-ebpf/src", "sensor-ebpf/Cargo.toml", "sensor-common/src"] {
+    let workspace = manifest_dir
+        .parent()
+        .expect("collector lives in the workspace");
+    for dir in [
+        "sensor-ebpf/src",
+        "sensor-ebpf/Cargo.toml",
+        "sensor-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
 
@@ -52,7 +58,10 @@ fn main() {
         ])
         .arg("--target-dir")
         .arg(&target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
     // The outer build's compiler settings must not leak into the nightly eBPF build.
@@ -77,6 +86,5 @@ fn main() {
         );
     }
     let built = target_dir.join("bpfel-unknown-none/release/sensor");
-    std::fs::copy(&built, &dst)
-        .unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+    std::fs::copy(&built, &dst).unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
 }

@@ -211,14 +211,31 @@ impl Default for SensorSection {
 
 impl Default for ProcessTableSection {
     fn default() -> Self {
-        ProcessTableSection { capacity: 65_536, reconcile_interval_secs: 30 }
+        ProcessTableSection {
+            capacity: 65_536,
+            reconcile_interval_secs: 30,
+        }
     }
 }
 
 /// The script engines of DESIGN.md: interpreters an attacker reaches for first.
 pub const DEFAULT_SCRIPT_ENGINES: &[&str] = &[
-    "python*", "perl*", "ruby*", "node", "nodejs", "php*", "bash", "sh", "dash", "zsh", "ksh",
-    "pwsh", "powershell", "powershell.exe", "pwsh.exe", "cmd.exe",
+    "python*",
+    "perl*",
+    "ruby*",
+    "node",
+    "nodejs",
+    "php*",
+    "bash",
+    "sh",
+    "dash",
+    "zsh",
+    "ksh",
+    "pwsh",
+    "powershell",
+    "powershell.exe",
+    "pwsh.exe",
+    "cmd.exe",
 ];
 
 impl Default for HeuristicsSection {
@@ -230,7 +247,10 @@ impl Default for HeuristicsSection {
             local_networks: ["127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"]
                 .map(String::from)
                 .to_vec(),
-            script_engines: DEFAULT_SCRIPT_ENGINES.iter().map(|s| s.to_string()).collect(),
+            script_engines: DEFAULT_SCRIPT_ENGINES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -243,13 +263,20 @@ impl CollectorConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
                 return Ok(Self::default());
             }
-            Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         };
         let config: CollectorConfig = if text.trim().is_empty() {
             Self::default()
         } else {
-            serde_yaml::from_str(&text)
-                .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?
         };
         config.validate(path)?;
         Ok(config)
@@ -268,18 +295,32 @@ impl CollectorConfig {
                 format!("{ring} must be a power of two of at least 4096"),
             ));
         }
-        self.local_networks().map_err(|p| invalid("heuristics.local_networks", p))?;
+        self.local_networks()
+            .map_err(|p| invalid("heuristics.local_networks", p))?;
         if self.spool.max_findings == 0 {
             return Err(invalid("spool.max_findings", "must be at least 1".into()));
         }
         if self.heartbeat_interval_secs == 0 {
-            return Err(invalid("heartbeat_interval_secs", "must be at least 1".into()));
+            return Err(invalid(
+                "heartbeat_interval_secs",
+                "must be at least 1".into(),
+            ));
         }
         if self.memory_sample_interval_secs == 0 {
-            return Err(invalid("memory_sample_interval_secs", "must be at least 1".into()));
+            return Err(invalid(
+                "memory_sample_interval_secs",
+                "must be at least 1".into(),
+            ));
         }
-        if self.policy.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-            return Err(invalid("policy", "is an empty path (leave it out for no policy)".into()));
+        if self
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "policy",
+                "is an empty path (leave it out for no policy)".into(),
+            ));
         }
         if let Some(i) = self.sigma.iter().position(|p| p.as_os_str().is_empty()) {
             return Err(invalid(&format!("sigma[{i}]"), "is an empty path".into()));
@@ -289,14 +330,24 @@ impl CollectorConfig {
                 .map_err(|e| invalid(&format!("actuator.trusted_keys[{i}]"), e.to_string()))?;
         }
         for (i, net) in self.actuator.protected_networks.iter().enumerate() {
-            net.parse::<IpNet>()
-                .map_err(|e| invalid(&format!("actuator.protected_networks[{i}]"), format!("{net:?} is not a CIDR: {e}")))?;
+            net.parse::<IpNet>().map_err(|e| {
+                invalid(
+                    &format!("actuator.protected_networks[{i}]"),
+                    format!("{net:?} is not a CIDR: {e}"),
+                )
+            })?;
         }
         if self.actuator.command_window_secs == 0 {
-            return Err(invalid("actuator.command_window_secs", "must be at least 1".into()));
+            return Err(invalid(
+                "actuator.command_window_secs",
+                "must be at least 1".into(),
+            ));
         }
         if self.process_table.capacity < 16 {
-            return Err(invalid("process_table.capacity", "must be at least 16".into()));
+            return Err(invalid(
+                "process_table.capacity",
+                "must be at least 16".into(),
+            ));
         }
         if self.nats.url.is_none() && !self.output.jsonl {
             return Err(invalid(
@@ -311,7 +362,10 @@ impl CollectorConfig {
         self.heuristics
             .local_networks
             .iter()
-            .map(|s| s.parse::<IpNet>().map_err(|e| format!("{s:?} is not a CIDR: {e}")))
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .map_err(|e| format!("{s:?} is not a CIDR: {e}"))
+            })
             .collect()
     }
 
@@ -337,7 +391,8 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let c = parse("heuristics:\n  local_networks: []\nsensor:\n  ring_buffer_bytes: 8192\n").unwrap();
+        let c = parse("heuristics:\n  local_networks: []\nsensor:\n  ring_buffer_bytes: 8192\n")
+            .unwrap();
         assert!(c.local_networks().unwrap().is_empty());
         assert_eq!(c.sensor.ring_buffer_bytes, 8192);
         assert_eq!(c.nats.url.as_deref(), Some("nats://127.0.0.1:4222"));
@@ -345,11 +400,20 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_and_the_line() {
-        let e = parse("sensor:\n  ring_buffer_bytes: 5000\n").unwrap_err().to_string();
-        assert!(e.contains("sensor.ring_buffer_bytes") && e.contains("5000"), "{e}");
-        let e = parse("heuristics:\n  local_networks: [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
+        let e = parse("sensor:\n  ring_buffer_bytes: 5000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sensor.ring_buffer_bytes") && e.contains("5000"),
+            "{e}"
+        );
+        let e = parse("heuristics:\n  local_networks: [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("heuristics.local_networks"), "{e}");
-        let e = parse("nats:\n  url: x\n  colour: red\n").unwrap_err().to_string();
+        let e = parse("nats:\n  url: x\n  colour: red\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour") && e.contains("line 3"), "{e}");
     }
 
@@ -358,16 +422,31 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/collector.yaml");
         let c = CollectorConfig::load(&path, true).unwrap();
         assert_eq!((c.policy, c.sigma.len()), (None, 0));
-        assert_eq!(c.memory_sample_interval_secs, CollectorConfig::default().memory_sample_interval_secs);
+        assert_eq!(
+            c.memory_sample_interval_secs,
+            CollectorConfig::default().memory_sample_interval_secs
+        );
     }
 
     #[test]
     fn rule_paths_and_memory_sampling() {
-        let c = parse("policy: /etc/osprey/policy.yaml\nsigma: [/etc/osprey/sigma, /opt/x.yml]\n").unwrap();
-        assert_eq!(c.policy.as_deref(), Some(Path::new("/etc/osprey/policy.yaml")));
-        assert_eq!(c.sigma, [PathBuf::from("/etc/osprey/sigma"), PathBuf::from("/opt/x.yml")]);
+        let c = parse("policy: /etc/osprey/policy.yaml\nsigma: [/etc/osprey/sigma, /opt/x.yml]\n")
+            .unwrap();
+        assert_eq!(
+            c.policy.as_deref(),
+            Some(Path::new("/etc/osprey/policy.yaml"))
+        );
+        assert_eq!(
+            c.sigma,
+            [
+                PathBuf::from("/etc/osprey/sigma"),
+                PathBuf::from("/opt/x.yml")
+            ]
+        );
         assert_eq!(c.memory_sample_interval(), Duration::from_secs(10));
-        let e = parse("memory_sample_interval_secs: 0\n").unwrap_err().to_string();
+        let e = parse("memory_sample_interval_secs: 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("memory_sample_interval_secs"), "{e}");
         let e = parse("sigma: [/a, \"\"]\n").unwrap_err().to_string();
         assert!(e.contains("sigma[1]"), "{e}");

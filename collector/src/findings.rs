@@ -19,7 +19,14 @@ pub struct Findings {
 
 impl Findings {
     pub fn new(host: String, capacity: usize) -> Self {
-        Findings { host, seen: HashMap::new(), order: VecDeque::new(), capacity, raised: 0, repeats: 0 }
+        Findings {
+            host,
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+            raised: 0,
+            repeats: 0,
+        }
     }
 
     /// A new finding, or `None` when this rule already fired for this `ExecId`.
@@ -51,7 +58,10 @@ impl Findings {
             tags: d.tags,
             process: event.process.clone(),
             ancestry: event.ancestry.clone(),
-            triggers: vec![Trigger { time: event.time, detail: event.detail.clone() }],
+            triggers: vec![Trigger {
+                time: event.time,
+                detail: event.detail.clone(),
+            }],
             recommended_actions: d.actions,
         })
     }

@@ -10,4 +10,5 @@ pub mod findings;
 pub mod pipeline;
 pub mod process;
 pub mod publish;
+pub mod service;
 pub mod source;

@@ -26,6 +26,10 @@ const DEFAULT_CONFIG: &str = "/etc/osprey/collector.yaml";
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// Windows: run under the Service Control Manager (the command line
+    /// deploy/windows/install.ps1 registers).
+    #[arg(long)]
+    service: bool,
     /// Configuration file (YAML).
     #[arg(long, default_value = DEFAULT_CONFIG)]
     config: PathBuf,
@@ -122,13 +126,15 @@ const RULES_POLL: Duration = Duration::from_secs(1);
 fn start_rules(config: &CollectorConfig) -> anyhow::Result<ActiveRules> {
     let paths = detect_rules::rule_paths(config.policy.as_ref(), &config.sigma);
     let started = std::time::Instant::now();
-    let engine = detect_rules::load(&paths).map_err(|e| anyhow::anyhow!("cannot load the rules: {e}"))?;
+    let engine =
+        detect_rules::load(&paths).map_err(|e| anyhow::anyhow!("cannot load the rules: {e}"))?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "rules loaded: {}",
         detect_rules::summary(&engine)
     );
-    let (engines, reload) = reload::start(paths, engine, RULES_POLL).context("cannot start the rules reload thread")?;
+    let (engines, reload) =
+        reload::start(paths, engine, RULES_POLL).context("cannot start the rules reload thread")?;
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -153,7 +159,12 @@ async fn start_actuator(
     source: &mut PlatformSource,
     active_blocks: std::sync::Arc<std::sync::atomic::AtomicU64>,
     images: collector::process::CurrentImages,
-) -> anyhow::Result<Option<(tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)>> {
+) -> anyhow::Result<
+    Option<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    )>,
+> {
     use collector::actuator::{nats_endpoints, Actuator, ActuatorOptions, Enforcement};
     let Some(url) = config.nats.url.clone().filter(|_| config.actuator.enabled) else {
         return Ok(None);
@@ -165,14 +176,19 @@ async fn start_actuator(
             None
         }
     };
-    let mut options = async_nats::ConnectOptions::new().retry_on_initial_connect().name("osprey-actuator");
+    let mut options = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .name("osprey-actuator");
     if let Some(creds) = &config.nats.credentials {
         options = options
             .credentials_file(creds)
             .await
             .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
     }
-    let client = options.connect(url.as_str()).await.context("actuator: cannot connect to NATS")?;
+    let client = options
+        .connect(url.as_str())
+        .await
+        .context("actuator: cannot connect to NATS")?;
     let actuator = Actuator::new(
         ActuatorOptions {
             host: host.to_string(),
@@ -232,8 +248,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = CollectorConfig::load(&args.config, args.config.as_path() != std::path::Path::new(DEFAULT_CONFIG))?;
+async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let mut config = CollectorConfig::load(
+        &args.config,
+        args.config.as_path() != std::path::Path::new(DEFAULT_CONFIG),
+    )?;
     apply(&args, &mut config);
     config.validate(&args.config)?;
     let host = config.host.clone().unwrap_or_else(host_name);
@@ -253,7 +272,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let table = ProcessTable::new(boot_id(), config.process_table.capacity);
     let active_blocks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     #[cfg(target_os = "linux")]
-    let actuator = start_actuator(&config, &host, &mut source, active_blocks.clone(), table.current_images()).await?;
+    let actuator = start_actuator(
+        &config,
+        &host,
+        &mut source,
+        active_blocks.clone(),
+        table.current_images(),
+    )
+    .await?;
 
     let (publisher, publisher_task) = Publisher::start(PublisherConfig {
         host: host.clone(),
@@ -262,7 +288,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ..NatsConfig::new(url.clone())
         }),
         publish_events: config.nats.publish_events,
-        jsonl: config.output.jsonl.then_some(JsonlOptions { events: config.output.jsonl_events }),
+        jsonl: config.output.jsonl.then_some(JsonlOptions {
+            events: config.output.jsonl_events,
+        }),
         spool: SpoolConfig {
             dir: config.spool.dir.clone(),
             max_bytes: config.spool.max_bytes,
@@ -276,8 +304,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         PipelineOptions {
             host: host.clone(),
             heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
-            reconcile_interval: Duration::from_secs(config.process_table.reconcile_interval_secs.max(1)),
-            argv_source: if cfg!(windows) { ArgvSource::Os } else { ArgvSource::Kernel },
+            reconcile_interval: Duration::from_secs(
+                config.process_table.reconcile_interval_secs.max(1),
+            ),
+            argv_source: if cfg!(windows) {
+                ArgvSource::Os
+            } else {
+                ArgvSource::Kernel
+            },
             memory_sample_interval: config.memory_sample_interval(),
             active_blocks,
         },
@@ -287,7 +321,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         publisher,
     )?;
     tracing::info!(host, nats = ?config.nats.url, "osprey-collector running");
-    let result = pipeline.run(shutdown_signal()).await;
+    let result = pipeline.run(shutdown).await;
     #[cfg(target_os = "linux")]
     if let Some((stop, task)) = actuator {
         let _ = stop.send(true);
@@ -309,18 +343,39 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = if args.service {
+        run_as_service(args)
+    } else {
+        run_in_console(args)
     };
-    match runtime.block_on(run(args)) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_in_console(args: Args) -> anyhow::Result<()> {
+    runtime()?.block_on(run(args, shutdown_signal()))
+}
+
+#[cfg(windows)]
+fn run_as_service(args: Args) -> anyhow::Result<()> {
+    collector::service::run_service(move |stop| runtime()?.block_on(run(args, stop.requested())))?;
+    Ok(())
+}
+
+#[cfg(not(windows))]
+fn run_as_service(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("--service runs the collector under the Windows Service Control Manager; on Linux use the systemd unit in deploy/systemd/")
 }

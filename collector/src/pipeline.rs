@@ -8,8 +8,8 @@ use std::{
 };
 
 use protocol::{
-    ArgvSource, ConnectEvent, Event, EventDetail, EventKind, ExecEvent, ForkEvent,
-    Heartbeat, MemorySampleEvent, Process, Timestamp,
+    ArgvSource, ConnectEvent, Event, EventDetail, EventKind, ExecEvent, ForkEvent, Heartbeat,
+    MemorySampleEvent, Process, Timestamp,
 };
 use rules::SubjectKind;
 use tokio::sync::mpsc;
@@ -71,7 +71,11 @@ impl<S: EventSource> Pipeline<S> {
     ) -> Result<Self, SourceError> {
         let existing = source.existing_processes()?;
         tracing::info!(processes = existing.len(), "process table bootstrapped");
-        let fallback = if options.argv_source == ArgvSource::Os { ArgvSource::Os } else { ArgvSource::Procfs };
+        let fallback = if options.argv_source == ArgvSource::Os {
+            ArgvSource::Os
+        } else {
+            ArgvSource::Procfs
+        };
         table.bootstrap(existing, fallback);
         let (hashes, hash_results) = ExeHashes::start().map_err(|source| SourceError::Io {
             context: "cannot start the hashing thread".into(),
@@ -104,7 +108,10 @@ impl<S: EventSource> Pipeline<S> {
     }
 
     /// Runs until `shutdown` resolves or the source fails.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), SourceError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), SourceError> {
         tokio::pin!(shutdown);
         let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
         let mut reconcile = tokio::time::interval(self.options.reconcile_interval);
@@ -136,7 +143,8 @@ impl<S: EventSource> Pipeline<S> {
         let time = event.time();
         let (process, detail) = match event {
             SensorEvent::Exec(rec) => {
-                let source = if rec.argv.is_some() && self.options.argv_source != ArgvSource::Procfs {
+                let source = if rec.argv.is_some() && self.options.argv_source != ArgvSource::Procfs
+                {
                     self.options.argv_source
                 } else {
                     ArgvSource::Procfs
@@ -145,7 +153,9 @@ impl<S: EventSource> Pipeline<S> {
                 let (process, previous_exe) = self.table.exec(&rec, source);
                 let mut process = self.enrich(process);
                 if let Some(file) = file {
-                    process.sha256 = self.hashes.lookup(file, process.exec_id, process.pid, &process.exe);
+                    process.sha256 =
+                        self.hashes
+                            .lookup(file, process.exec_id, process.pid, &process.exe);
                     if let Some(entry) = self.table.get_mut(process.pid) {
                         entry.sha256 = process.sha256.clone();
                     }
@@ -161,7 +171,9 @@ impl<S: EventSource> Pipeline<S> {
                 None => return,
             },
             SensorEvent::Connect(rec) => {
-                let Some(process) = self.process_for(rec.pid, time) else { return };
+                let Some(process) = self.process_for(rec.pid, time) else {
+                    return;
+                };
                 (
                     process,
                     EventDetail::Connect(ConnectEvent {
@@ -180,8 +192,17 @@ impl<S: EventSource> Pipeline<S> {
             }
         };
         let ancestry = self.table.ancestry(&process);
-        let event = Event { time, host: self.options.host.clone(), process, ancestry, detail };
-        *self.events_by_kind.entry(event.kind().as_str()).or_default() += 1;
+        let event = Event {
+            time,
+            host: self.options.host.clone(),
+            process,
+            ancestry,
+            detail,
+        };
+        *self
+            .events_by_kind
+            .entry(event.kind().as_str())
+            .or_default() += 1;
         self.publisher.event(&event);
         self.detect(&event);
     }
@@ -208,8 +229,12 @@ impl<S: EventSource> Pipeline<S> {
     fn evaluate_samples(&mut self, samples: Vec<RssSample>) {
         let time = Timestamp::now();
         for sample in samples {
-            let Some(exec_id) = self.table.get(sample.pid).map(|p| p.exec_id) else { continue };
-            let Some(process) = self.table.by_exec_id(&exec_id) else { continue };
+            let Some(exec_id) = self.table.get(sample.pid).map(|p| p.exec_id) else {
+                continue;
+            };
+            let Some(process) = self.table.by_exec_id(&exec_id) else {
+                continue;
+            };
             // A pid reused between the sample and now is another process (start times in
             // whole seconds, from different clocks: allow a little slack).
             let started = process.start_time.unix_nanos() / 1_000_000_000;
@@ -218,8 +243,16 @@ impl<S: EventSource> Pipeline<S> {
             }
             let process = process.clone();
             let ancestry = self.table.ancestry(&process);
-            let detail = EventDetail::MemorySample(MemorySampleEvent { rss_bytes: sample.rss_bytes });
-            let event = Event { time, host: self.options.host.clone(), process, ancestry, detail };
+            let detail = EventDetail::MemorySample(MemorySampleEvent {
+                rss_bytes: sample.rss_bytes,
+            });
+            let event = Event {
+                time,
+                host: self.options.host.clone(),
+                process,
+                ancestry,
+                detail,
+            };
             self.detect(&event);
         }
     }
@@ -230,7 +263,10 @@ impl<S: EventSource> Pipeline<S> {
         if self.table.get(pid).is_none() {
             let rec = crate::source::ExecRecord {
                 time,
-                process: crate::source::ProcessKey { pid, start_ticks: 0 },
+                process: crate::source::ProcessKey {
+                    pid,
+                    start_ticks: 0,
+                },
                 comm: format!("pid {pid}"),
                 ..Default::default()
             };
@@ -284,7 +320,12 @@ impl<S: EventSource> Pipeline<S> {
         for (kind, &count) in &stats.drops {
             let before = self.reported_drops.get(kind).copied().unwrap_or(0);
             if count > before {
-                tracing::warn!(kind, lost = count - before, total = count, "kernel records dropped");
+                tracing::warn!(
+                    kind,
+                    lost = count - before,
+                    total = count,
+                    "kernel records dropped"
+                );
             }
         }
         self.reported_drops = stats.drops.clone();
@@ -298,7 +339,11 @@ impl<S: EventSource> Pipeline<S> {
             version: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: protocol::PROTOCOL_VERSION,
             uptime_secs: self.started.elapsed().as_secs(),
-            events: self.events_by_kind.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            events: self
+                .events_by_kind
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
             events_per_sec: (total - self.events_at_last_heartbeat) as f64 / elapsed,
             findings: self.findings.raised(),
             drops: stats.drops,
@@ -306,11 +351,13 @@ impl<S: EventSource> Pipeline<S> {
             spool_evicted: publisher.spool_evicted,
             process_table_size: table.size,
             process_table_evicted: table.evicted,
-            active_blocks: self.options.active_blocks.load(std::sync::atomic::Ordering::Relaxed),
+            active_blocks: self
+                .options
+                .active_blocks
+                .load(std::sync::atomic::Ordering::Relaxed),
         };
         self.events_at_last_heartbeat = total;
         self.last_heartbeat = Instant::now();
         self.publisher.heartbeat(&heartbeat);
     }
 }
-

@@ -113,7 +113,12 @@ mod tests {
 
     #[test]
     fn finding_ids_are_deterministic_and_distinct() {
-        let id = ExecId { boot: BootId(1), pid: 2, start_ticks: 3, seq: 0 };
+        let id = ExecId {
+            boot: BootId(1),
+            pid: 2,
+            start_ticks: 3,
+            seq: 0,
+        };
         let a = FindingId::new("h", &id, Detector::Sigma, "r1");
         assert_eq!(a, FindingId::new("h", &id, Detector::Sigma, "r1"));
         assert_ne!(a, FindingId::new("h", &id, Detector::Sigma, "r2"));

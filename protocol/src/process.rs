@@ -45,7 +45,11 @@ impl ExecId {
 
 impl fmt::Display for ExecId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}-{}-{}", self.boot, self.pid, self.start_ticks, self.seq)
+        write!(
+            f,
+            "{}-{}-{}-{}",
+            self.boot, self.pid, self.start_ticks, self.seq
+        )
     }
 }
 

@@ -12,7 +12,13 @@ pub const APPROVALS: &str = "osprey.responder.approvals";
 pub fn host_token(host: &str) -> String {
     let token: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if token.is_empty() {
         "_".to_string()

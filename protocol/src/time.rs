@@ -29,7 +29,11 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_datetime().to_rfc3339_opts(SecondsFormat::Nanos, true))
+        f.write_str(
+            &self
+                .to_datetime()
+                .to_rfc3339_opts(SecondsFormat::Nanos, true),
+        )
     }
 }
 
@@ -37,7 +41,9 @@ impl std::str::FromStr for Timestamp {
     type Err = chrono::ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let dt = DateTime::parse_from_rfc3339(s)?.with_timezone(&Utc);
-        Ok(Self::from_unix_nanos(dt.timestamp_nanos_opt().unwrap_or(i64::MAX)))
+        Ok(Self::from_unix_nanos(
+            dt.timestamp_nanos_opt().unwrap_or(i64::MAX),
+        ))
     }
 }
 

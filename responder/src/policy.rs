@@ -143,7 +143,10 @@ mod tests {
         let mut low = web.clone();
         low.severity = Severity::Low;
         assert_eq!(policy.plan(&low).unwrap().rule, "b");
-        assert!(policy.needs_approval(ActionKind::Quarantine) && !policy.needs_approval(ActionKind::Kill));
+        assert!(
+            policy.needs_approval(ActionKind::Quarantine)
+                && !policy.needs_approval(ActionKind::Kill)
+        );
     }
 
     #[test]

@@ -179,7 +179,11 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
             (*rec).exe_dev = read::<u32>(sb, offset!(sb_s_dev));
             // Kill-on-exec: by the file's identity, whatever path reached it. The signal is
             // delivered before the new program runs its first instruction.
-            let key = FileKey { dev: (*rec).exe_dev, _pad: 0, ino: (*rec).exe_ino };
+            let key = FileKey {
+                dev: (*rec).exe_dev,
+                _pad: 0,
+                ino: (*rec).exe_ino,
+            };
             if KILL_ON_EXEC.get_ptr(&key).is_some() {
                 gen::bpf_send_signal(9);
             }
@@ -195,7 +199,9 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
         }
 
         // argv staged by the thread that called execve (old_pid: before de_thread).
-        let old_pid = ctx.read_at::<u32>(offset!(tp_exec_old_pid)).unwrap_or(hdr.tid);
+        let old_pid = ctx
+            .read_at::<u32>(offset!(tp_exec_old_pid))
+            .unwrap_or(hdr.tid);
         let mut argv_len: u32 = 0;
         (*rec).argc = 0;
         if let Some(stage) = ARGV_STAGE.get_ptr(&old_pid) {
@@ -244,7 +250,10 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
         let rec = ForkRecord {
-            header: RecordHeader { pid: kernel::parent_tgid(child), ..hdr },
+            header: RecordHeader {
+                pid: kernel::parent_tgid(child),
+                ..hdr
+            },
             child_pid: child_tgid,
             _pad: 0,
             child_start_boottime: read(child, offset!(task_start_boottime)),

@@ -31,7 +31,12 @@ pub struct Collector {
 impl Collector {
     /// Subscribes to the host's subjects, starts the collector and waits for its first
     /// heartbeat (probes attached, table built).
-    pub async fn start(client: &async_nats::Client, nats_url: &str, spool: &Path, extra: &[&str]) -> Collector {
+    pub async fn start(
+        client: &async_nats::Client,
+        nats_url: &str,
+        spool: &Path,
+        extra: &[&str],
+    ) -> Collector {
         Self::spawn(client, nats_url, spool, extra, false).await
     }
 
@@ -50,12 +55,32 @@ impl Collector {
 
     /// Like [`Collector::start`], and keeps the collector's stderr (still echoed) for
     /// [`Collector::log_lines`].
-    pub async fn start_logged(client: &async_nats::Client, nats_url: &str, spool: &Path, extra: &[&str]) -> Collector {
+    pub async fn start_logged(
+        client: &async_nats::Client,
+        nats_url: &str,
+        spool: &Path,
+        extra: &[&str],
+    ) -> Collector {
         Self::spawn(client, nats_url, spool, extra, true).await
     }
 
-    async fn spawn(client: &async_nats::Client, nats_url: &str, spool: &Path, extra: &[&str], logged: bool) -> Collector {
-        Self::spawn_with(client, nats_url, spool, Path::new("/dev/null"), None, extra, logged).await
+    async fn spawn(
+        client: &async_nats::Client,
+        nats_url: &str,
+        spool: &Path,
+        extra: &[&str],
+        logged: bool,
+    ) -> Collector {
+        Self::spawn_with(
+            client,
+            nats_url,
+            spool,
+            Path::new("/dev/null"),
+            None,
+            extra,
+            logged,
+        )
+        .await
     }
 
     async fn spawn_with(
@@ -67,18 +92,31 @@ impl Collector {
         extra: &[&str],
         logged: bool,
     ) -> Collector {
-        let host = host.map(String::from).unwrap_or_else(|| format!("e2e{}", crate::marker("h").replace('-', "")));
+        let host = host
+            .map(String::from)
+            .unwrap_or_else(|| format!("e2e{}", crate::marker("h").replace('-', "")));
         let received = Arc::new(Mutex::new(Received::default()));
         subscribe(client, &host, received.clone()).await;
         let mut child = Command::new(crate::bin_dir().join("osprey-collector"))
             .arg("--config")
             .arg(config)
-            .args(["--host", &host, "--nats", nats_url, "--heartbeat-interval-secs", "1"])
+            .args([
+                "--host",
+                &host,
+                "--nats",
+                nats_url,
+                "--heartbeat-interval-secs",
+                "1",
+            ])
             .arg("--spool-dir")
             .arg(spool)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(if logged { Stdio::piped() } else { Stdio::inherit() })
+            .stderr(if logged {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("osprey-collector is built (cargo build --workspace --bins)");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -86,18 +124,29 @@ impl Collector {
             let log = log.clone();
             std::thread::spawn(move || {
                 use std::io::BufRead;
-                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
                     eprintln!("{line}");
                     log.lock().unwrap().push(line);
                 }
             });
         }
-        let collector = Collector { host, child, received, log };
+        let collector = Collector {
+            host,
+            child,
+            received,
+            log,
+        };
         let ready = crate::eventually(Duration::from_secs(30), || {
             (!collector.received.lock().unwrap().heartbeats.is_empty()).then_some(())
         })
         .await;
-        assert!(ready.is_some(), "no heartbeat from the collector within 30 s");
+        assert!(
+            ready.is_some(),
+            "no heartbeat from the collector within 30 s"
+        );
         collector
     }
 
@@ -107,16 +156,36 @@ impl Collector {
 
     /// Events matching `pred` so far.
     pub fn events(&self, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
-        self.received.lock().unwrap().events.iter().filter(|e| pred(e)).cloned().collect()
+        self.received
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| pred(e))
+            .cloned()
+            .collect()
     }
 
     pub fn findings(&self, pred: impl Fn(&Finding) -> bool) -> Vec<Finding> {
-        self.received.lock().unwrap().findings.iter().filter(|f| pred(f)).cloned().collect()
+        self.received
+            .lock()
+            .unwrap()
+            .findings
+            .iter()
+            .filter(|f| pred(f))
+            .cloned()
+            .collect()
     }
 
     /// The collector's stderr lines so far that contain `text` (needs [`Collector::start_logged`]).
     pub fn log_lines(&self, text: &str) -> Vec<String> {
-        self.log.lock().unwrap().iter().filter(|l| l.contains(text)).cloned().collect()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .cloned()
+            .collect()
     }
 
     pub fn last_heartbeat(&self) -> Option<Heartbeat> {
@@ -125,15 +194,19 @@ impl Collector {
 
     /// Waits for an event matching `pred`.
     pub async fn wait_event(&self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
-        crate::eventually(Duration::from_secs(20), || self.events(&pred).into_iter().next())
-            .await
-            .unwrap_or_else(|| panic!("no {what} event within 20 s"))
+        crate::eventually(Duration::from_secs(20), || {
+            self.events(&pred).into_iter().next()
+        })
+        .await
+        .unwrap_or_else(|| panic!("no {what} event within 20 s"))
     }
 
     pub async fn wait_finding(&self, what: &str, pred: impl Fn(&Finding) -> bool) -> Finding {
-        crate::eventually(Duration::from_secs(20), || self.findings(&pred).into_iter().next())
-            .await
-            .unwrap_or_else(|| panic!("no {what} finding within 20 s"))
+        crate::eventually(Duration::from_secs(20), || {
+            self.findings(&pred).into_iter().next()
+        })
+        .await
+        .unwrap_or_else(|| panic!("no {what} finding within 20 s"))
     }
 
     /// Sends a signal to the collector (e.g. SIGSTOP to stall its reader).
@@ -159,9 +232,18 @@ impl Drop for Collector {
 }
 
 async fn subscribe(client: &async_nats::Client, host: &str, received: Arc<Mutex<Received>>) {
-    let mut events = client.subscribe(format!("osprey.events.{host}.>")).await.expect("subscribe");
-    let mut findings = client.subscribe(format!("osprey.findings.{host}.>")).await.expect("subscribe");
-    let mut heartbeats = client.subscribe(format!("osprey.heartbeat.{host}")).await.expect("subscribe");
+    let mut events = client
+        .subscribe(format!("osprey.events.{host}.>"))
+        .await
+        .expect("subscribe");
+    let mut findings = client
+        .subscribe(format!("osprey.findings.{host}.>"))
+        .await
+        .expect("subscribe");
+    let mut heartbeats = client
+        .subscribe(format!("osprey.heartbeat.{host}"))
+        .await
+        .expect("subscribe");
     client.flush().await.expect("flush subscriptions");
     tokio::spawn(async move {
         loop {
@@ -188,5 +270,6 @@ async fn subscribe(client: &async_nats::Client, host: &str, received: Arc<Mutex<
 
 /// Exec events whose argv contains `marker`.
 pub fn is_exec_with(event: &Event, marker: &str) -> bool {
-    matches!(event.detail, EventDetail::Exec(_)) && event.process.argv.iter().any(|a| a.contains(marker))
+    matches!(event.detail, EventDetail::Exec(_))
+        && event.process.argv.iter().any(|a| a.contains(marker))
 }

@@ -19,7 +19,11 @@ impl NatsServer {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free loopback port");
-        let mut server = NatsServer { port, store: store.to_path_buf(), child: None };
+        let mut server = NatsServer {
+            port,
+            store: store.to_path_buf(),
+            child: None,
+        };
         server.restart();
         server
     }
@@ -32,7 +36,14 @@ impl NatsServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "server already running");
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -56,7 +67,9 @@ impl NatsServer {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to the test nats-server")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to the test nats-server")
     }
 }
 

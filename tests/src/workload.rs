@@ -26,7 +26,13 @@ pub fn compile_c(dir: &std::path::Path, name: &str, source: &str) -> std::path::
     let src = dir.join(format!("{name}.c"));
     let bin = dir.join(name);
     std::fs::write(&src, source).expect("write C source");
-    let status = Command::new("cc").arg("-O1").arg("-o").arg(&bin).arg(&src).status().expect("cc runs");
+    let status = Command::new("cc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("cc runs");
     assert!(status.success(), "cc failed for {name}");
     bin
 }

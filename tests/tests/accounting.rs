@@ -10,7 +10,12 @@ const STORM: usize = 2_000;
 fn exec_storm(mark: &str) {
     let mut running = Vec::new();
     for i in 0..STORM {
-        running.push(std::process::Command::new("/bin/true").arg(format!("{mark}-{i}")).spawn().unwrap());
+        running.push(
+            std::process::Command::new("/bin/true")
+                .arg(format!("{mark}-{i}"))
+                .spawn()
+                .unwrap(),
+        );
         if running.len() >= 2 {
             running.remove(0).wait().unwrap();
         }
@@ -21,7 +26,9 @@ fn exec_storm(mark: &str) {
 }
 
 fn exec_drops(c: &Collector) -> u64 {
-    c.last_heartbeat().and_then(|h| h.drops.get("exec").copied()).unwrap_or(0)
+    c.last_heartbeat()
+        .and_then(|h| h.drops.get("exec").copied())
+        .unwrap_or(0)
 }
 
 fn reported(c: &Collector, mark: &str) -> usize {
@@ -56,7 +63,11 @@ async fn setup(extra: &[&str]) -> Setup {
     let nats = NatsServer::start(&dir.path().join("js"));
     let client = nats.client().await;
     let collector = Collector::start(&client, &nats.url(), &dir.path().join("spool"), extra).await;
-    Setup { collector, _nats: nats, _dir: dir }
+    Setup {
+        collector,
+        _nats: nats,
+        _dir: dir,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +84,11 @@ async fn an_overflowing_ring_buffer_counts_every_lost_exec() {
     let drops = drops - before;
     eprintln!("overflow: {events} exec events reported + {drops} dropped of {STORM}");
     assert!(drops > 0, "the storm must overflow the ring buffer");
-    assert_eq!(events as u64 + drops, STORM as u64, "reported + dropped = generated");
+    assert_eq!(
+        events as u64 + drops,
+        STORM as u64,
+        "reported + dropped = generated"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +99,10 @@ async fn with_the_normal_ring_buffer_every_exec_arrives() {
     let mark = marker("storm");
     exec_storm(&mark);
     let (events, drops) = settle(c, &mark).await;
-    eprintln!("storm: {events} of {STORM} exec events reported, {} dropped", drops - before);
+    eprintln!(
+        "storm: {events} of {STORM} exec events reported, {} dropped",
+        drops - before
+    );
     assert_eq!(events, STORM);
     assert_eq!(drops, before);
 }

@@ -570,8 +570,7 @@ async fn a_broken_policy_keeps_the_running_rules_and_the_next_valid_one_takes_ef
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        c.findings(|f| f.process.argv.contains(&gone))
-            .is_empty(),
+        c.findings(|f| f.process.argv.contains(&gone)).is_empty(),
         "the old rule is gone"
     );
     assert_eq!(c.pid(), collector_pid);

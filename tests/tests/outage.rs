@@ -23,7 +23,12 @@ async fn findings_raised_while_nats_is_down_arrive_in_order_exactly_once() {
     // Each a distinct process, so a distinct finding: a script engine with no terminal.
     for i in 0..FINDINGS {
         let status = std::process::Command::new("setsid")
-            .args(["--wait", "/usr/bin/python3", "-c", &format!("# {mark} {i:03}")])
+            .args([
+                "--wait",
+                "/usr/bin/python3",
+                "-c",
+                &format!("# {mark} {i:03}"),
+            ])
             .stdin(std::process::Stdio::null())
             .status()
             .unwrap();
@@ -34,7 +39,10 @@ async fn findings_raised_while_nats_is_down_arrive_in_order_exactly_once() {
         (n >= FINDINGS).then_some(n)
     })
     .await;
-    assert!(spooled.is_some(), "findings must wait in the spool while NATS is down");
+    assert!(
+        spooled.is_some(),
+        "findings must wait in the spool while NATS is down"
+    );
 
     nats.restart();
     let client = nats.client().await;
@@ -51,7 +59,13 @@ async fn findings_raised_while_nats_is_down_arrive_in_order_exactly_once() {
     let mut mine: Vec<Finding> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while mine.len() < FINDINGS && tokio::time::Instant::now() < deadline {
-        let mut batch = consumer.fetch().max_messages(100).expires(Duration::from_secs(1)).messages().await.unwrap();
+        let mut batch = consumer
+            .fetch()
+            .max_messages(100)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
         while let Some(Ok(m)) = batch.next().await {
             let f: Finding = protocol::decode(&m.payload).unwrap();
             if f.process.argv.iter().any(|a| a.contains(&mark)) {
@@ -62,7 +76,13 @@ async fn findings_raised_while_nats_is_down_arrive_in_order_exactly_once() {
     }
     // Wait a little longer: a duplicate would arrive now if it were sent.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut batch = consumer.fetch().max_messages(100).expires(Duration::from_secs(1)).messages().await.unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
     while let Some(Ok(m)) = batch.next().await {
         let f: Finding = protocol::decode(&m.payload).unwrap();
         if f.process.argv.iter().any(|a| a.contains(&mark)) {
@@ -76,7 +96,11 @@ async fn findings_raised_while_nats_is_down_arrive_in_order_exactly_once() {
             arg.rsplit(' ').next().unwrap().parse().unwrap()
         })
         .collect();
-    assert_eq!(indexes, (0..FINDINGS).collect::<Vec<_>>(), "all, in order, none twice");
+    assert_eq!(
+        indexes,
+        (0..FINDINGS).collect::<Vec<_>>(),
+        "all, in order, none twice"
+    );
     drop(collector);
 }
 
@@ -87,5 +111,8 @@ async fn eventually_stream(js: &jetstream::Context) -> jetstream::stream::Stream
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("stream {} does not exist", protocol::subject::FINDINGS_STREAM);
+    panic!(
+        "stream {} does not exist",
+        protocol::subject::FINDINGS_STREAM
+    );
 }

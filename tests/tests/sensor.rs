@@ -25,13 +25,25 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(&dir.path().join("js"));
     let client = nats.client().await;
-    let collector = Collector::start(&client, &nats.url(), &dir.path().join("spool"), NOTHING_LOCAL).await;
-    Setup { collector, _nats: nats, _dir: dir }
+    let collector = Collector::start(
+        &client,
+        &nats.url(),
+        &dir.path().join("spool"),
+        NOTHING_LOCAL,
+    )
+    .await;
+    Setup {
+        collector,
+        _nats: nats,
+        _dir: dir,
+    }
 }
 
 fn connect_event(e: &protocol::Event, pid: u32, port: u16) -> Option<protocol::ConnectEvent> {
     match &e.detail {
-        EventDetail::Connect(c) if e.process.pid == pid && c.destination_port == port => Some(c.clone()),
+        EventDetail::Connect(c) if e.process.pid == pid && c.destination_port == port => {
+            Some(c.clone())
+        }
         _ => None,
     }
 }
@@ -42,7 +54,11 @@ async fn script_engine_connecting_out_is_reported_with_argv_ancestry_outcome_and
     let c = &s.collector;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let closed_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mark = marker("connect");
     let script = format!(
         "# {mark}\nimport socket\nsocket.create_connection(('127.0.0.1', {port})).close()\n\
@@ -52,22 +68,54 @@ async fn script_engine_connecting_out_is_reported_with_argv_ancestry_outcome_and
     let pid = child.id();
     workload::finish(child, "python connect");
 
-    let exec = c.wait_event("python exec", |e| is_exec_with(e, &mark)).await;
+    let exec = c
+        .wait_event("python exec", |e| is_exec_with(e, &mark))
+        .await;
     assert_eq!(exec.process.pid, pid);
-    assert_eq!(exec.process.argv, vec![PYTHON.to_string(), "-c".into(), script.clone()]);
+    assert_eq!(
+        exec.process.argv,
+        vec![PYTHON.to_string(), "-c".into(), script.clone()]
+    );
     assert_eq!(exec.process.argv_source, protocol::ArgvSource::Kernel);
-    assert_eq!(exec.process.ppid, std::process::id(), "parent is this test process");
-    assert_eq!(exec.ancestry.first().map(|a| a.pid), Some(std::process::id()));
-    assert!(exec.ancestry.len() >= 2, "ancestry goes beyond the parent: {:?}", exec.ancestry);
-    assert!(exec.process.exe.starts_with("/usr/bin/python3"), "resolved exe {}", exec.process.exe);
+    assert_eq!(
+        exec.process.ppid,
+        std::process::id(),
+        "parent is this test process"
+    );
+    assert_eq!(
+        exec.ancestry.first().map(|a| a.pid),
+        Some(std::process::id())
+    );
+    assert!(
+        exec.ancestry.len() >= 2,
+        "ancestry goes beyond the parent: {:?}",
+        exec.ancestry
+    );
+    assert!(
+        exec.process.exe.starts_with("/usr/bin/python3"),
+        "resolved exe {}",
+        exec.process.exe
+    );
 
-    let ok = c.wait_event("connect ok", |e| connect_event(e, pid, port).is_some()).await;
+    let ok = c
+        .wait_event("connect ok", |e| connect_event(e, pid, port).is_some())
+        .await;
     let ok = connect_event(&ok, pid, port).unwrap();
     assert_eq!(ok.destination_ip.to_string(), "127.0.0.1");
-    assert_eq!((ok.protocol, ok.family, ok.outcome), (TransportProtocol::Tcp, SocketFamily::Ipv4, Outcome::Ok));
+    assert_eq!(
+        (ok.protocol, ok.family, ok.outcome),
+        (TransportProtocol::Tcp, SocketFamily::Ipv4, Outcome::Ok)
+    );
 
-    let refused = c.wait_event("connect refused", |e| connect_event(e, pid, closed_port).is_some()).await;
-    assert_eq!(connect_event(&refused, pid, closed_port).unwrap().outcome, Outcome::Refused);
+    let refused = c
+        .wait_event("connect refused", |e| {
+            connect_event(e, pid, closed_port).is_some()
+        })
+        .await;
+    assert_eq!(
+        connect_event(&refused, pid, closed_port).unwrap().outcome,
+        Outcome::Refused
+    );
 
     let finding = c
         .wait_finding("script engine network", |f| {
@@ -76,7 +124,11 @@ async fn script_engine_connecting_out_is_reported_with_argv_ancestry_outcome_and
         .await;
     assert_eq!(finding.severity, Severity::High);
     assert!(finding.title.contains("python3"), "{}", finding.title);
-    assert!(finding.title.contains(&format!("127.0.0.1:{port}")), "{}", finding.title);
+    assert!(
+        finding.title.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        finding.title
+    );
     assert!(finding.process.argv.iter().any(|a| a.contains(&mark)));
     drop(listener);
 }
@@ -98,25 +150,43 @@ async fn argv_is_captured_at_exec_even_when_rewritten_or_short_lived() {
            }"#,
     );
     let mark = marker("scrub");
-    let mut child = std::process::Command::new(&scrubber).arg(&mark).arg("second-arg").spawn().unwrap();
+    let mut child = std::process::Command::new(&scrubber)
+        .arg(&mark)
+        .arg("second-arg")
+        .spawn()
+        .unwrap();
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(500));
     let now = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(!String::from_utf8_lossy(&now).contains(&mark), "the process did overwrite its argv");
+    assert!(
+        !String::from_utf8_lossy(&now).contains(&mark),
+        "the process did overwrite its argv"
+    );
 
     let exec = c.wait_event("scrub exec", |e| is_exec_with(e, &mark)).await;
     assert_eq!(exec.process.pid, pid);
-    assert_eq!(exec.process.argv[1..], [mark.clone(), "second-arg".to_string()]);
+    assert_eq!(
+        exec.process.argv[1..],
+        [mark.clone(), "second-arg".to_string()]
+    );
     child.wait().unwrap();
 
     let mark = marker("true");
-    let status = std::process::Command::new("/bin/true").arg(&mark).status().unwrap();
+    let status = std::process::Command::new("/bin/true")
+        .arg(&mark)
+        .status()
+        .unwrap();
     assert!(status.success());
     let exec = c.wait_event("true exec", |e| is_exec_with(e, &mark)).await;
-    assert_eq!(exec.process.argv, vec!["/bin/true".to_string(), mark.clone()]);
+    assert_eq!(
+        exec.process.argv,
+        vec!["/bin/true".to_string(), mark.clone()]
+    );
     assert_eq!(exec.process.invoked_path.as_deref(), Some("/bin/true"));
     let exit = c
-        .wait_event("true exit", |e| matches!(e.detail, EventDetail::Exit(_)) && e.process.exec_id == exec.process.exec_id)
+        .wait_event("true exit", |e| {
+            matches!(e.detail, EventDetail::Exit(_)) && e.process.exec_id == exec.process.exec_id
+        })
         .await;
     match exit.detail {
         EventDetail::Exit(x) => assert_eq!(x.exit_code, Some(0)),
@@ -138,7 +208,9 @@ async fn ipv6_udp_preexisting_and_duplicated_sockets_are_attributed() {
     {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(early.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(early.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "ready");
     }
 
@@ -149,14 +221,29 @@ async fn ipv6_udp_preexisting_and_duplicated_sockets_are_attributed() {
         early.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     }
     workload::finish(early, "pre-existing socket");
-    let e = c.wait_event("pre-existing socket connect", |e| connect_event(e, early_pid, early_port).is_some()).await;
+    let e = c
+        .wait_event("pre-existing socket connect", |e| {
+            connect_event(e, early_pid, early_port).is_some()
+        })
+        .await;
     let conn = connect_event(&e, early_pid, early_port).unwrap();
-    assert_eq!((conn.family, conn.protocol, conn.outcome), (SocketFamily::Ipv4, TransportProtocol::Tcp, Outcome::Ok));
+    assert_eq!(
+        (conn.family, conn.protocol, conn.outcome),
+        (SocketFamily::Ipv4, TransportProtocol::Tcp, Outcome::Ok)
+    );
 
     let v6 = TcpListener::bind("[::1]:0").unwrap();
     let v6_port = v6.local_addr().unwrap().port();
-    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let udp_sendto_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let udp_sendto_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dup_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let dup_port = dup_listener.local_addr().unwrap().port();
     let child = python(&format!(
@@ -170,12 +257,34 @@ async fn ipv6_udp_preexisting_and_duplicated_sockets_are_attributed() {
     workload::finish(child, "socket workload");
 
     for (what, port, family, proto) in [
-        ("IPv6 TCP", v6_port, SocketFamily::Ipv6, TransportProtocol::Tcp),
-        ("connected UDP", udp_port, SocketFamily::Ipv4, TransportProtocol::Udp),
-        ("unconnected UDP sendto", udp_sendto_port, SocketFamily::Ipv4, TransportProtocol::Udp),
-        ("dup2'd TCP", dup_port, SocketFamily::Ipv4, TransportProtocol::Tcp),
+        (
+            "IPv6 TCP",
+            v6_port,
+            SocketFamily::Ipv6,
+            TransportProtocol::Tcp,
+        ),
+        (
+            "connected UDP",
+            udp_port,
+            SocketFamily::Ipv4,
+            TransportProtocol::Udp,
+        ),
+        (
+            "unconnected UDP sendto",
+            udp_sendto_port,
+            SocketFamily::Ipv4,
+            TransportProtocol::Udp,
+        ),
+        (
+            "dup2'd TCP",
+            dup_port,
+            SocketFamily::Ipv4,
+            TransportProtocol::Tcp,
+        ),
     ] {
-        let e = c.wait_event(what, |e| connect_event(e, pid, port).is_some()).await;
+        let e = c
+            .wait_event(what, |e| connect_event(e, pid, port).is_some())
+            .await;
         let conn = connect_event(&e, pid, port).unwrap();
         assert_eq!((conn.family, conn.protocol), (family, proto), "{what}");
         assert_eq!(conn.outcome, Outcome::Ok, "{what}");

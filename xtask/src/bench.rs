@@ -14,8 +14,18 @@ pub fn run_bench(_args: BenchArgs) -> anyhow::Result<()> {
     }
     crate::setup::all()?;
     let root = workspace_root();
-    run(cargo().current_dir(&root).args(["build", "--release", "-p", "osprey-collector", "-p", "osprey-tests", "--bins"]))?;
-    run(std::process::Command::new(root.join("target/release/osprey-bench"))
-        .current_dir(&root)
-        .env("OSPREY_BIN_DIR", root.join("target/release")))
+    run(cargo().current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "osprey-collector",
+        "-p",
+        "osprey-tests",
+        "--bins",
+    ]))?;
+    run(
+        std::process::Command::new(root.join("target/release/osprey-bench"))
+            .current_dir(&root)
+            .env("OSPREY_BIN_DIR", root.join("target/release")),
+    )
 }

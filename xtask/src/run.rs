@@ -57,10 +57,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     crate::setup::all()?;
     let root = workspace_root();
-    run_cmd(cargo().current_dir(&root).args(["build", "--release", "-p", "osprey-collector", "-p", "osprey-cli"]))?;
+    run_cmd(cargo().current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "osprey-collector",
+        "-p",
+        "osprey-cli",
+    ]))?;
     let bin = root.join("target/release");
     let state = root.join("target/osprey-run");
-    std::fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
+    std::fs::create_dir_all(&state)
+        .with_context(|| format!("cannot create {}", state.display()))?;
 
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
@@ -84,10 +92,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     wait_for_port(port)?;
     eprintln!("xtask: nats-server with JetStream on {url}");
 
+    let mut collector = Command::new(bin.join("osprey-collector"));
+    collector.args([
+        "--config",
+        "deploy/collector.yaml",
+        "--nats",
+        &url,
+        "--policy",
+        "deploy/policy.yaml",
+    ]);
+    // The reference Sigma corpus, when the shared folder is beside the checkout.
+    let sigma = root.join("../shared/sigma/rules/linux");
+    if sigma.is_dir() {
+        collector.arg("--sigma").arg(&sigma);
+    }
     procs.0.push((
         "osprey-collector",
-        Command::new(bin.join("osprey-collector"))
-            .args(["--config", "deploy/collector.yaml", "--nats", &url])
+        collector
             .arg("--spool-dir")
             .arg(state.join("spool"))
             // The demo counts loopback as "internet" so its connection is scored.
@@ -101,11 +122,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.events {
         tail.arg("--events");
     }
-    procs.0.push(("osprey tail", tail.spawn().context("cannot start osprey tail")?));
+    procs.0.push((
+        "osprey tail",
+        tail.spawn().context("cannot start osprey tail")?,
+    ));
 
     if !args.no_demo {
         std::thread::sleep(Duration::from_secs(3));
-        eprintln!("xtask: demo: a background python3 connects to 127.0.0.1:{port} (Ctrl-C to stop)");
+        eprintln!(
+            "xtask: demo: a background python3 connects to 127.0.0.1:{port} (Ctrl-C to stop)"
+        );
         demo(port);
     }
     while !STOP.load(Ordering::SeqCst) {
@@ -145,4 +171,3 @@ fn wait_for_port(port: u16) -> anyhow::Result<()> {
     }
     bail!("nats-server did not start listening on port {port}")
 }
-

@@ -21,12 +21,19 @@ pub fn all() -> anyhow::Result<()> {
 
 /// Installs Debian packages whose marker file is missing (running `apt-get update` once).
 pub fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = wanted.iter().filter(|(_, file)| !Path::new(file).exists()).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(p, _)| *p)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !crate::util::is_root() {
-        bail!("packages {} are missing and installing them needs root", missing.join(", "));
+        bail!(
+            "packages {} are missing and installing them needs root",
+            missing.join(", ")
+        );
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
@@ -39,7 +46,10 @@ pub fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
 fn rust_src() -> anyhow::Result<()> {
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
         .context("the nightly toolchain is missing (rustup toolchain install nightly)")?;
-    if Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").exists() {
+    if Path::new(sysroot.trim())
+        .join("lib/rustlib/src/rust/library/core")
+        .exists()
+    {
         return Ok(());
     }
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
@@ -60,7 +70,10 @@ fn bpf_linker() -> anyhow::Result<()> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
         .with_context(|| format!("no libLLVM-*.so in {}", lib_dir.display()))?;
-    let llvm_lib = llvm_lib.trim_start_matches("lib").trim_end_matches(".so").to_string();
+    let llvm_lib = llvm_lib
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_string();
     let version = output(Command::new("rustc").args(["+nightly", "-vV"])).unwrap_or_default();
     let major = version
         .lines()
@@ -70,8 +83,17 @@ fn bpf_linker() -> anyhow::Result<()> {
         .to_string();
     let lib_dir = lib_dir.display();
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+        ])
         .arg("--features")
         .arg(format!("llvm-{major},no-llvm-linking"))
-        .env("RUSTFLAGS", format!("-L {lib_dir} -l dylib={llvm_lib} -C link-arg=-Wl,-rpath,{lib_dir}")))
+        .env(
+            "RUSTFLAGS",
+            format!("-L {lib_dir} -l dylib={llvm_lib} -C link-arg=-Wl,-rpath,{lib_dir}"),
+        ))
 }

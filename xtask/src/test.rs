@@ -23,12 +23,18 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     // build script). Build every binary the end-to-end tests spawn, then run every test; the
     // end-to-end tests each load the sensor, so tests run one at a time.
     run_cmd(cargo().current_dir(&root).args(["build", "--bins"]))?;
-    run_cmd(cargo()
-        .current_dir(&root)
-        .args(["test", "--", "--test-threads=1"])
-        .env("OSPREY_BIN_DIR", root.join("target/debug")))?;
+    run_cmd(
+        cargo()
+            .current_dir(&root)
+            .args(["test", "--", "--test-threads=1"])
+            .env("OSPREY_BIN_DIR", root.join("target/debug")),
+    )?;
     if !args.skip_windows {
-        run_cmd(Command::new("bash").arg(root.join(".ci/windows.sh")).current_dir(&root))?;
+        run_cmd(
+            Command::new("bash")
+                .arg(root.join(".ci/windows.sh"))
+                .current_dir(&root),
+        )?;
     }
     Ok(())
 }

@@ -17,7 +17,9 @@ pub fn workspace_root() -> PathBuf {
 /// Runs a command to completion, failing with its command line if it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", render(cmd));
-    let status = cmd.status().with_context(|| format!("cannot run {}", render(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", render(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", render(cmd));
     }
@@ -27,7 +29,9 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Runs a command and returns its stdout, or `None` if it can't run or fails.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn render(cmd: &Command) -> String {

@@ -74,7 +74,11 @@ impl PidFd {
 
 /// Opens a pidfd for `target` after checking its identity, and checks again afterwards, so
 /// the pidfd is known to refer to the checked process.
-pub fn open_checked(target: &ExecId, boot: BootId, images: &CurrentImages) -> Result<PidFd, String> {
+pub fn open_checked(
+    target: &ExecId,
+    boot: BootId,
+    images: &CurrentImages,
+) -> Result<PidFd, String> {
     check_identity(target, boot, images)?;
     let fd = PidFd::open(target.pid)
         .map_err(|e| format!("cannot open a pidfd for {}: {e}", target.pid))?;
@@ -106,7 +110,10 @@ mod identity_tests {
         let boot = BootId(7);
         let mut table = ProcessTable::new(boot, 16);
         let rec = ExecRecord {
-            process: ProcessKey { pid: me, start_ticks: ticks },
+            process: ProcessKey {
+                pid: me,
+                start_ticks: ticks,
+            },
             comm: "test".into(),
             ..Default::default()
         };
@@ -116,7 +123,10 @@ mod identity_tests {
         let err = check_identity(&before.exec_id, boot, &images).unwrap_err();
         assert!(err.contains("exec'd since"), "{err}");
         assert!(check_identity(&now.exec_id, boot, &images).is_ok());
-        let other_boot = ExecId { boot: BootId(8), ..now.exec_id };
+        let other_boot = ExecId {
+            boot: BootId(8),
+            ..now.exec_id
+        };
         assert!(check_identity(&other_boot, boot, &images).is_err());
     }
 }

@@ -27,8 +27,10 @@ pub struct Heuristics {
 
 impl Heuristics {
     pub fn new(section: &HeuristicsSection, local: Vec<IpNet>) -> Self {
-        let (prefixes, exact): (Vec<&String>, Vec<&String>) =
-            section.script_engines.iter().partition(|s| s.ends_with('*'));
+        let (prefixes, exact): (Vec<&String>, Vec<&String>) = section
+            .script_engines
+            .iter()
+            .partition(|s| s.ends_with('*'));
         Heuristics {
             enabled: section.enabled,
             safe_paths: section.safe_paths.clone(),
@@ -46,17 +48,26 @@ impl Heuristics {
     /// `python3` → `python3.11` and a `sh` symlink to dash both count).
     fn engine_name<'a>(&self, event: &'a Event) -> Option<&'a str> {
         let p = &event.process;
-        let invoked = p.invoked_path.as_deref().map(|i| i.rsplit('/').next().unwrap_or(i));
-        [Some(p.name.as_str()), invoked].into_iter().flatten().find(|name| {
-            let lower = name.to_ascii_lowercase();
-            self.engines.contains(&lower)
-                || self.engine_prefixes.iter().any(|pre| {
-                    // "python3.11" matches "python*", "pythonista" does not.
-                    lower.strip_prefix(pre.as_str()).is_some_and(|rest| {
-                        rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-')
+        let invoked = p
+            .invoked_path
+            .as_deref()
+            .map(|i| i.rsplit('/').next().unwrap_or(i));
+        [Some(p.name.as_str()), invoked]
+            .into_iter()
+            .flatten()
+            .find(|name| {
+                let lower = name.to_ascii_lowercase();
+                self.engines.contains(&lower)
+                    || self.engine_prefixes.iter().any(|pre| {
+                        // "python3.11" matches "python*", "pythonista" does not.
+                        lower.strip_prefix(pre.as_str()).is_some_and(|rest| {
+                            rest.is_empty()
+                                || rest.starts_with(|c: char| {
+                                    c.is_ascii_digit() || c == '.' || c == '-'
+                                })
+                        })
                     })
-                })
-        })
+            })
     }
 
     fn exempt(&self, event: &Event) -> bool {
@@ -76,41 +87,50 @@ impl Heuristics {
         if !self.enabled || !(network.enabled || background.enabled) || self.exempt(event) {
             return;
         }
-        let Some(engine) = self.engine_name(event) else { return };
+        let Some(engine) = self.engine_name(event) else {
+            return;
+        };
         match &event.detail {
-            EventDetail::Connect(c) if network.enabled && !self.is_local(c.destination_ip) => out.push(Detection {
-                detector: Detector::Heuristic,
-                rule_id: SCRIPT_ENGINE_NETWORK.into(),
-                title: format!(
-                    "Script engine {engine} connected to {}:{}/{}",
-                    c.destination_ip,
-                    c.destination_port,
-                    c.protocol.as_str()
-                ),
-                description: Some(
-                    "A script interpreter opened a connection to a non-local destination: \
+            EventDetail::Connect(c) if network.enabled && !self.is_local(c.destination_ip) => out
+                .push(Detection {
+                    detector: Detector::Heuristic,
+                    rule_id: SCRIPT_ENGINE_NETWORK.into(),
+                    title: format!(
+                        "Script engine {engine} connected to {}:{}/{}",
+                        c.destination_ip,
+                        c.destination_port,
+                        c.protocol.as_str()
+                    ),
+                    description: Some(
+                        "A script interpreter opened a connection to a non-local destination: \
                      typical of download cradles, reverse shells and C2 beacons."
-                        .into(),
-                ),
-                author: None,
-                severity: network.severity,
-                tags: vec!["attack.execution".into(), "attack.t1059".into(), "attack.command_and_control".into()],
-                actions: network.actions.clone(),
-            }),
-            EventDetail::Exec(_) if background.enabled && !has_terminal(event) => out.push(Detection {
-                detector: Detector::Heuristic,
-                rule_id: SCRIPT_ENGINE_BACKGROUND.into(),
-                title: format!("Script engine {engine} running in the background"),
-                description: Some(
-                    "A script interpreter started with no terminal anywhere in its ancestry \
+                            .into(),
+                    ),
+                    author: None,
+                    severity: network.severity,
+                    tags: vec![
+                        "attack.execution".into(),
+                        "attack.t1059".into(),
+                        "attack.command_and_control".into(),
+                    ],
+                    actions: network.actions.clone(),
+                }),
+            EventDetail::Exec(_) if background.enabled && !has_terminal(event) => {
+                out.push(Detection {
+                    detector: Detector::Heuristic,
+                    rule_id: SCRIPT_ENGINE_BACKGROUND.into(),
+                    title: format!("Script engine {engine} running in the background"),
+                    description: Some(
+                        "A script interpreter started with no terminal anywhere in its ancestry \
                      (not started by a person at a shell)."
-                        .into(),
-                ),
-                author: None,
-                severity: background.severity,
-                tags: vec!["attack.execution".into(), "attack.t1059".into()],
-                actions: background.actions.clone(),
-            }),
+                            .into(),
+                    ),
+                    author: None,
+                    severity: background.severity,
+                    tags: vec!["attack.execution".into(), "attack.t1059".into()],
+                    actions: background.actions.clone(),
+                })
+            }
             _ => {}
         }
     }
@@ -175,26 +195,40 @@ mod tests {
     fn run(h: &Heuristics, e: &Event) -> Vec<String> {
         let mut out = Vec::new();
         h.evaluate(e, &Settings::default(), &mut out);
-        out.into_iter().map(|d| format!("{}:{}", d.rule_id, d.severity)).collect()
+        out.into_iter()
+            .map(|d| format!("{}:{}", d.rule_id, d.severity))
+            .collect()
     }
 
     #[test]
     fn script_engines_connecting_out_are_high_and_local_is_configurable() {
         let section = HeuristicsSection::default();
         let h = Heuristics::new(&section, vec!["127.0.0.0/8".parse().unwrap()]);
-        assert_eq!(run(&h, &event("python3.11", Some("pts0"), connect("93.184.216.34"))), [format!("{SCRIPT_ENGINE_NETWORK}:high")]);
+        assert_eq!(
+            run(
+                &h,
+                &event("python3.11", Some("pts0"), connect("93.184.216.34"))
+            ),
+            [format!("{SCRIPT_ENGINE_NETWORK}:high")]
+        );
         assert!(run(&h, &event("python3.11", Some("pts0"), connect("127.0.0.1"))).is_empty());
         assert!(run(&h, &event("curl", None, connect("93.184.216.34"))).is_empty());
         assert!(run(&h, &event("pythonista", None, connect("93.184.216.34"))).is_empty());
         let h = Heuristics::new(&section, vec![]);
-        assert_eq!(run(&h, &event("bash", Some("pts0"), connect("127.0.0.1"))).len(), 1);
+        assert_eq!(
+            run(&h, &event("bash", Some("pts0"), connect("127.0.0.1"))).len(),
+            1
+        );
     }
 
     #[test]
     fn background_engines_are_medium_unless_a_terminal_is_in_the_ancestry() {
         let h = Heuristics::new(&HeuristicsSection::default(), vec![]);
         let exec = || EventDetail::Exec(ExecEvent::default());
-        assert_eq!(run(&h, &event("perl", None, exec())), [format!("{SCRIPT_ENGINE_BACKGROUND}:medium")]);
+        assert_eq!(
+            run(&h, &event("perl", None, exec())),
+            [format!("{SCRIPT_ENGINE_BACKGROUND}:medium")]
+        );
         assert!(run(&h, &event("perl", Some("pts1"), exec())).is_empty());
         let mut e = event("perl", None, exec());
         e.ancestry.push(Ancestor {
@@ -232,10 +266,21 @@ mod tests {
         settings.script_engine_network.actions = vec![ActionKind::Kill];
         settings.script_engine_background.enabled = false;
         let mut out = Vec::new();
-        h.evaluate(&event("perl", None, connect("1.1.1.1")), &settings, &mut out);
-        h.evaluate(&event("perl", None, EventDetail::Exec(ExecEvent::default())), &settings, &mut out);
+        h.evaluate(
+            &event("perl", None, connect("1.1.1.1")),
+            &settings,
+            &mut out,
+        );
+        h.evaluate(
+            &event("perl", None, EventDetail::Exec(ExecEvent::default())),
+            &settings,
+            &mut out,
+        );
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!((out[0].rule_id.as_str(), out[0].severity), (SCRIPT_ENGINE_NETWORK, Severity::Critical));
+        assert_eq!(
+            (out[0].rule_id.as_str(), out[0].severity),
+            (SCRIPT_ENGINE_NETWORK, Severity::Critical)
+        );
         assert_eq!(out[0].actions, [ActionKind::Kill]);
     }
 }

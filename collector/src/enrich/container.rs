@@ -14,7 +14,9 @@ impl ContainerIds {
             return known.clone();
         }
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let id = text.lines().find_map(|l| container_id_from_cgroup(l.splitn(3, ':').nth(2)?));
+        let id = text
+            .lines()
+            .find_map(|l| container_id_from_cgroup(l.splitn(3, ':').nth(2)?));
         // Every process of a cgroup v2 group is in the same container (or none). Id 0 means
         // "unknown" and is never cached.
         if cgroup_id != 0 {
@@ -49,8 +51,15 @@ mod tests {
             format!("/machine.slice/libpod-{id}.scope/container"),
             format!("/kubepods/burstable/pod1/crio-{id}"),
         ] {
-            assert_eq!(container_id_from_cgroup(&path).as_deref(), Some(id.as_str()), "{path}");
+            assert_eq!(
+                container_id_from_cgroup(&path).as_deref(),
+                Some(id.as_str()),
+                "{path}"
+            );
         }
-        assert_eq!(container_id_from_cgroup("/user.slice/session-2.scope"), None);
+        assert_eq!(
+            container_id_from_cgroup("/user.slice/session-2.scope"),
+            None
+        );
     }
 }

@@ -53,7 +53,12 @@ impl ExeHashes {
             .name("osprey-hash".into())
             .spawn(move || worker(req_rx, res_tx))?;
         Ok((
-            ExeHashes { known: HashMap::new(), checked: HashMap::new(), requests: req_tx, dropped: 0 },
+            ExeHashes {
+                known: HashMap::new(),
+                checked: HashMap::new(),
+                requests: req_tx,
+                dropped: 0,
+            },
             res_rx,
         ))
     }
@@ -62,13 +67,21 @@ impl ExeHashes {
     /// background.
     pub fn lookup(&mut self, file: FileId, exec_id: ExecId, pid: u32, exe: &str) -> Option<String> {
         let now = Instant::now();
-        let fresh = self.checked.get(&file).is_some_and(|t| now.duration_since(*t) < RECHECK_AFTER);
+        let fresh = self
+            .checked
+            .get(&file)
+            .is_some_and(|t| now.duration_since(*t) < RECHECK_AFTER);
         if !fresh {
             self.checked.insert(file, now);
             if self.checked.len() > 65_536 {
-                self.checked.retain(|_, t| now.duration_since(*t) < RECHECK_AFTER);
+                self.checked
+                    .retain(|_, t| now.duration_since(*t) < RECHECK_AFTER);
             }
-            let req = Request { file, exec_id, paths: [format!("/proc/{pid}/exe"), exe.to_string()] };
+            let req = Request {
+                file,
+                exec_id,
+                paths: [format!("/proc/{pid}/exe"), exe.to_string()],
+            };
             if self.requests.try_send(req).is_err() {
                 self.dropped += 1;
             }
@@ -99,21 +112,35 @@ fn worker(requests: std_mpsc::Receiver<Request>, results: mpsc::UnboundedSender<
     let mut cache: HashMap<FileId, (Version, String)> = HashMap::new();
     while let Ok(req) = requests.recv() {
         for path in &req.paths {
-            let Ok(mut file) = std::fs::File::open(path) else { continue };
+            let Ok(mut file) = std::fs::File::open(path) else {
+                continue;
+            };
             let Ok(meta) = file.metadata() else { continue };
-            let version = Version { mtime: meta.modified().ok(), size: meta.len() };
+            let version = Version {
+                mtime: meta.modified().ok(),
+                size: meta.len(),
+            };
             let sha = match cache.get(&req.file) {
                 Some((v, sha)) if *v == version => sha.clone(),
                 _ => {
                     if meta.len() > MAX_FILE_BYTES {
                         break;
                     }
-                    let Some(sha) = sha256_of(&mut file) else { continue };
+                    let Some(sha) = sha256_of(&mut file) else {
+                        continue;
+                    };
                     cache.insert(req.file, (version, sha.clone()));
                     sha
                 }
             };
-            if results.send(HashResult { file: req.file, exec_id: req.exec_id, sha256: sha }).is_err() {
+            if results
+                .send(HashResult {
+                    file: req.file,
+                    exec_id: req.exec_id,
+                    sha256: sha,
+                })
+                .is_err()
+            {
                 return;
             }
             break;
@@ -131,7 +158,13 @@ fn sha256_of(file: &mut std::fs::File) -> Option<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Some(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Some(
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -146,12 +179,23 @@ mod tests {
         std::fs::write(&path, b"abc").unwrap();
         let (mut hashes, mut results) = ExeHashes::start().unwrap();
         let file = FileId { dev: 1, ino: 2 };
-        let id = ExecId { boot: BootId(1), pid: 0, start_ticks: 0, seq: 0 };
+        let id = ExecId {
+            boot: BootId(1),
+            pid: 0,
+            start_ticks: 0,
+            seq: 0,
+        };
         assert_eq!(hashes.lookup(file, id, 0, path.to_str().unwrap()), None);
         let r = results.recv().await.unwrap();
         // SHA-256("abc")
-        assert_eq!(r.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            r.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         hashes.store(&r);
-        assert_eq!(hashes.lookup(file, id, 0, "/nonexistent").as_deref(), Some(r.sha256.as_str()));
+        assert_eq!(
+            hashes.lookup(file, id, 0, "/nonexistent").as_deref(),
+            Some(r.sha256.as_str())
+        );
     }
 }

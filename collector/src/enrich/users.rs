@@ -10,13 +10,19 @@ pub struct UserNames {
 
 impl UserNames {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        let mut users = UserNames { path: path.into(), names: HashMap::new(), loaded_mtime: None };
+        let mut users = UserNames {
+            path: path.into(),
+            names: HashMap::new(),
+            loaded_mtime: None,
+        };
         users.reload();
         users
     }
 
     fn reload(&mut self) {
-        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
         if mtime.is_some() && mtime == self.loaded_mtime {
             return;
         }
@@ -61,9 +67,14 @@ mod tests {
         assert_eq!(users.name(0).as_deref(), Some("root"));
         assert_eq!(users.name(1000), None);
         std::thread::sleep(std::time::Duration::from_millis(20));
-        std::fs::write(&path, "root:x:0:0::/:/bin/sh\nalice:x:1000:1000::/home/a:/bin/sh\n").unwrap();
+        std::fs::write(
+            &path,
+            "root:x:0:0::/:/bin/sh\nalice:x:1000:1000::/home/a:/bin/sh\n",
+        )
+        .unwrap();
         let f = std::fs::File::options().append(true).open(&path).unwrap();
-        f.set_modified(SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+        f.set_modified(SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
         assert_eq!(users.name(1000).as_deref(), Some("alice"));
     }
 }

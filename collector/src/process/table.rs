@@ -88,11 +88,19 @@ impl ProcessTable {
     }
 
     pub fn stats(&self) -> TableStats {
-        TableStats { size: self.entries.len() as u64, evicted: self.evicted }
+        TableStats {
+            size: self.entries.len() as u64,
+            evicted: self.evicted,
+        }
     }
 
     fn exec_id(&self, key: ProcessKey, seq: u32) -> ExecId {
-        ExecId { boot: self.boot, pid: key.pid, start_ticks: key.start_ticks, seq }
+        ExecId {
+            boot: self.boot,
+            pid: key.pid,
+            start_ticks: key.start_ticks,
+            seq,
+        }
     }
 
     pub fn get(&self, pid: u32) -> Option<&Process> {
@@ -116,7 +124,15 @@ impl ProcessTable {
             self.evict_one(now);
         }
         self.images.set(process.exec_id);
-        self.entries.insert(key.pid, Entry { key, process, exited: None, touched: now });
+        self.entries.insert(
+            key.pid,
+            Entry {
+                key,
+                process,
+                exited: None,
+                touched: now,
+            },
+        );
     }
 
     /// Makes room: the oldest exited entry if any, else the least recently used.
@@ -209,7 +225,12 @@ impl ProcessTable {
             None => {
                 // Parent unknown (its fork predates us and /proc had no trace): a bare entry.
                 let mut bare = self.process_from(
-                    &ExecRecord { time: rec.time, process: rec.child, ppid: Some(rec.ppid), ..Default::default() },
+                    &ExecRecord {
+                        time: rec.time,
+                        process: rec.child,
+                        ppid: Some(rec.ppid),
+                        ..Default::default()
+                    },
                     0,
                     ArgvSource::Procfs,
                 );
@@ -227,9 +248,11 @@ impl ProcessTable {
         let now = Instant::now();
         let (seq, previous_exe, start_time) = match self.entries.get(&rec.process.pid) {
             // Same process (same start time): the next image.
-            Some(e) if e.key == rec.process && e.exited.is_none() => {
-                (e.process.exec_id.seq + 1, Some(e.process.exe.clone()), e.process.start_time)
-            }
+            Some(e) if e.key == rec.process && e.exited.is_none() => (
+                e.process.exec_id.seq + 1,
+                Some(e.process.exe.clone()),
+                e.process.start_time,
+            ),
             // First sight of this process (its fork was missed): the image seen first is 0.
             _ => (0, None, rec.time),
         };
@@ -257,7 +280,9 @@ impl ProcessTable {
         let mut ppid = process.ppid;
         let mut expected = process.parent_exec_id;
         while ppid != 0 && out.len() < MAX_ANCESTRY {
-            let Some(entry) = self.entries.get(&ppid) else { break };
+            let Some(entry) = self.entries.get(&ppid) else {
+                break;
+            };
             // A reused pid is not our parent.
             if let Some(id) = expected {
                 if !entry.process.exec_id.same_process(&id) {
@@ -293,15 +318,18 @@ impl ProcessTable {
             None => alive.contains(&e.key) || now.duration_since(e.touched) < EXITED_GRACE,
         });
         let entries = &self.entries;
-        self.images.retain(|pid| entries.get(&pid).is_some_and(|e| e.exited.is_none()));
+        self.images
+            .retain(|pid| entries.get(&pid).is_some_and(|e| e.exited.is_none()));
         before - self.entries.len()
     }
 
     /// Drops exited entries past their grace period (cheap, no platform scan).
     pub fn reap(&mut self) {
         let now = Instant::now();
-        self.entries
-            .retain(|_, e| e.exited.is_none_or(|at| now.duration_since(at) < EXITED_GRACE));
+        self.entries.retain(|_, e| {
+            e.exited
+                .is_none_or(|at| now.duration_since(at) < EXITED_GRACE)
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -324,7 +352,10 @@ mod tests {
 
     fn exec(pid: u32, ppid: u32, ticks: u64, exe: &str, argv: &[&str]) -> ExecRecord {
         ExecRecord {
-            process: ProcessKey { pid, start_ticks: ticks },
+            process: ProcessKey {
+                pid,
+                start_ticks: ticks,
+            },
             ppid: Some(ppid),
             exe: Some(exe.into()),
             argv: Some(argv.iter().map(|s| s.to_string()).collect()),
@@ -336,7 +367,10 @@ mod tests {
     fn table() -> ProcessTable {
         let mut t = ProcessTable::new(BootId(0xabcd), 100);
         t.bootstrap(
-            vec![exec(1, 0, 1, "/sbin/init", &["init"]), exec(100, 1, 50, "/bin/bash", &["bash"])],
+            vec![
+                exec(1, 0, 1, "/sbin/init", &["init"]),
+                exec(100, 1, 50, "/bin/bash", &["bash"]),
+            ],
             ArgvSource::Procfs,
         );
         t
@@ -345,11 +379,23 @@ mod tests {
     #[test]
     fn fork_then_exec_advances_the_sequence_and_keeps_ancestry() {
         let mut t = table();
-        let child = ProcessKey { pid: 200, start_ticks: 90 };
-        let forked = t.fork(&ForkRecord { time: Timestamp::default(), child, ppid: 100 }).unwrap();
+        let child = ProcessKey {
+            pid: 200,
+            start_ticks: 90,
+        };
+        let forked = t
+            .fork(&ForkRecord {
+                time: Timestamp::default(),
+                child,
+                ppid: 100,
+            })
+            .unwrap();
         assert_eq!(forked.exec_id.seq, 0);
         assert_eq!(forked.exe, "/bin/bash");
-        let (p, prev) = t.exec(&exec(200, 100, 90, "/usr/bin/python3.11", &["python3", "-c", "x"]), ArgvSource::Kernel);
+        let (p, prev) = t.exec(
+            &exec(200, 100, 90, "/usr/bin/python3.11", &["python3", "-c", "x"]),
+            ArgvSource::Kernel,
+        );
         assert_eq!(p.exec_id.to_string(), "0000abcd-200-90-1");
         assert_eq!(prev.as_deref(), Some("/bin/bash"));
         let names: Vec<_> = t.ancestry(&p).into_iter().map(|a| a.name).collect();
@@ -360,8 +406,20 @@ mod tests {
     fn pid_reuse_is_a_new_process_and_exits_check_start_time() {
         let mut t = table();
         t.exec(&exec(300, 100, 10, "/bin/a", &["a"]), ArgvSource::Kernel);
-        assert!(t.exit(ProcessKey { pid: 300, start_ticks: 11 }).is_none(), "wrong start time");
-        assert!(t.exit(ProcessKey { pid: 300, start_ticks: 10 }).is_some());
+        assert!(
+            t.exit(ProcessKey {
+                pid: 300,
+                start_ticks: 11
+            })
+            .is_none(),
+            "wrong start time"
+        );
+        assert!(t
+            .exit(ProcessKey {
+                pid: 300,
+                start_ticks: 10
+            })
+            .is_some());
         let (p, prev) = t.exec(&exec(300, 100, 20, "/bin/b", &["b"]), ArgvSource::Kernel);
         assert_eq!(p.exec_id.seq, 0);
         assert!(prev.is_none());
@@ -376,7 +434,10 @@ mod tests {
         let (q, _) = t.exec(&exec(400, 100, 7, "/bin/b", &["b"]), ArgvSource::Kernel);
         assert_eq!(images.get(400).map(|id| id.seq), Some(q.exec_id.seq));
         assert_ne!(p.exec_id, q.exec_id);
-        t.exit(ProcessKey { pid: 400, start_ticks: 7 });
+        t.exit(ProcessKey {
+            pid: 400,
+            start_ticks: 7,
+        });
         assert_eq!(images.get(400), None);
     }
 
@@ -384,7 +445,10 @@ mod tests {
     fn bounded_with_evictions_counted() {
         let mut t = ProcessTable::new(BootId(1), 16);
         for pid in 1..=40 {
-            t.exec(&exec(pid, 0, pid as u64, "/bin/x", &["x"]), ArgvSource::Kernel);
+            t.exec(
+                &exec(pid, 0, pid as u64, "/bin/x", &["x"]),
+                ArgvSource::Kernel,
+            );
         }
         assert_eq!(t.len(), 16);
         assert_eq!(t.stats().evicted, 24);
@@ -395,7 +459,13 @@ mod tests {
         let mut t = table();
         // Entries not in the live set and not touched recently go; here both are fresh, so
         // the grace period keeps them until it passes.
-        assert_eq!(t.reconcile(&[ProcessKey { pid: 1, start_ticks: 1 }]), 0);
+        assert_eq!(
+            t.reconcile(&[ProcessKey {
+                pid: 1,
+                start_ticks: 1
+            }]),
+            0
+        );
         assert_eq!(t.len(), 2);
     }
 }

@@ -24,7 +24,12 @@ fn exec_storm(mark: &str) -> Duration {
     let start = Instant::now();
     let mut running = Vec::new();
     for i in 0..EXECS {
-        running.push(Command::new("/bin/true").arg(format!("{mark}-{i}")).spawn().expect("spawn"));
+        running.push(
+            Command::new("/bin/true")
+                .arg(format!("{mark}-{i}"))
+                .spawn()
+                .expect("spawn"),
+        );
         if running.len() >= 2 {
             let _ = running.remove(0).wait();
         }
@@ -48,7 +53,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -76,7 +82,12 @@ struct Measured {
 
 impl Measured {
     fn new() -> Self {
-        Measured { without: vec![], with: vec![], captured: vec![], cpu_us_per_event: vec![] }
+        Measured {
+            without: vec![],
+            with: vec![],
+            captured: vec![],
+            cpu_us_per_event: vec![],
+        }
     }
     fn report(&self, name: &str, unit: &str) {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
@@ -113,11 +124,19 @@ async fn main() {
 
     for round in 0..ROUNDS {
         // Without the collector.
-        exec.without.push(EXECS as f64 / exec_storm(&marker("warm")).as_secs_f64());
-        conn.without.push(CONNECTS as f64 / connect_storm(port).as_secs_f64());
+        exec.without
+            .push(EXECS as f64 / exec_storm(&marker("warm")).as_secs_f64());
+        conn.without
+            .push(CONNECTS as f64 / connect_storm(port).as_secs_f64());
 
         // With it: a fresh collector per round.
-        let collector = Collector::start(&client, &nats.url(), &dir.path().join(format!("spool{round}")), &[]).await;
+        let collector = Collector::start(
+            &client,
+            &nats.url(),
+            &dir.path().join(format!("spool{round}")),
+            &[],
+        )
+        .await;
         let pid = collector.pid();
         let mark = marker("exec");
         let cpu0 = cpu_ticks(pid);
@@ -126,11 +145,15 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let cpu1 = cpu_ticks(pid);
         let got = collector
-            .events(|e| matches!(e.detail, EventDetail::Exec(_)) && e.process.argv.get(1).is_some_and(|a| a.starts_with(&mark)))
+            .events(|e| {
+                matches!(e.detail, EventDetail::Exec(_))
+                    && e.process.argv.get(1).is_some_and(|a| a.starts_with(&mark))
+            })
             .len();
         exec.captured.push(got as f64 / EXECS as f64);
         // fork + exec + exit per process.
-        exec.cpu_us_per_event.push((cpu1 - cpu0) as f64 / tck * 1e6 / (3 * EXECS) as f64);
+        exec.cpu_us_per_event
+            .push((cpu1 - cpu0) as f64 / tck * 1e6 / (3 * EXECS) as f64);
 
         let before = collector.events(|_| true).len();
         let cpu0 = cpu_ticks(pid);
@@ -141,12 +164,14 @@ async fn main() {
         let me = std::process::id();
         let got = collector
             .events(|e| {
-                matches!(&e.detail, EventDetail::Connect(c) if c.destination_port == port) && e.process.pid == me
+                matches!(&e.detail, EventDetail::Connect(c) if c.destination_port == port)
+                    && e.process.pid == me
             })
             .len();
         conn.captured.push(got as f64 / CONNECTS as f64);
         let _ = before;
-        conn.cpu_us_per_event.push((cpu1 - cpu0) as f64 / tck * 1e6 / CONNECTS as f64);
+        conn.cpu_us_per_event
+            .push((cpu1 - cpu0) as f64 / tck * 1e6 / CONNECTS as f64);
 
         // Latency: a background shell per sample raises a finding; compare the exec's kernel
         // timestamp with the moment the finding reaches this NATS subscriber.
@@ -160,7 +185,12 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let received = collector.received.lock().expect("lock");
-        for (f, at) in received.findings.iter().zip(received.finding_arrivals.iter()).skip(n0) {
+        for (f, at) in received
+            .findings
+            .iter()
+            .zip(received.finding_arrivals.iter())
+            .skip(n0)
+        {
             if f.process.argv.iter().any(|a| a.contains(&mark)) {
                 let t: Timestamp = f.triggers[0].time;
                 latencies.push((at.unix_nanos() - t.unix_nanos()) as f64 / 1e6);
@@ -171,7 +201,9 @@ async fn main() {
         drop(collector);
     }
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    println!("osprey bench: {ROUNDS} interleaved rounds; {EXECS} execs and {CONNECTS} connects per run");
+    println!(
+        "osprey bench: {ROUNDS} interleaved rounds; {EXECS} execs and {CONNECTS} connects per run"
+    );
     exec.report("exec storm", "exec");
     conn.report("connect storm", "connect");
     println!("collector peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);

@@ -83,7 +83,14 @@ impl Btf {
         }
         let types_data = &data[types_start..types_start + type_len];
 
-        let mut types = vec![Type { name: 0, kind: 0, kind_flag: false, type_ref: 0, vlen: 0, members_at: 0 }];
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            kind_flag: false,
+            type_ref: 0,
+            vlen: 0,
+            members_at: 0,
+        }];
         let mut at = 0;
         while at < types_data.len() {
             let name = u32_at(types_data, at)?;
@@ -94,21 +101,37 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let members_at = at as u32;
             at += match kind {
-                1 | 14 | 17 => 4,                       // int, var, decl_tag
-                3 => 12,                                // array
+                1 | 14 | 17 => 4, // int, var, decl_tag
+                3 => 12,          // array
                 KIND_STRUCT | KIND_UNION => vlen as usize * 12,
-                6 | 13 => vlen as usize * 8,            // enum, func_proto
-                15 | 19 => vlen as usize * 12,          // datasec, enum64
+                6 | 13 => vlen as usize * 8,   // enum, func_proto
+                15 | 19 => vlen as usize * 12, // datasec, enum64
                 _ => 0,
             };
-            types.push(Type { name, kind, kind_flag: info >> 31 == 1, type_ref: size_or_type, vlen, members_at });
+            types.push(Type {
+                name,
+                kind,
+                kind_flag: info >> 31 == 1,
+                type_ref: size_or_type,
+                vlen,
+                members_at,
+            });
         }
 
-        let mut btf = Btf { data, types_start, strings_start, strings_len: str_len, types, structs_by_name: HashMap::new() };
+        let mut btf = Btf {
+            data,
+            types_start,
+            strings_start,
+            strings_len: str_len,
+            types,
+            structs_by_name: HashMap::new(),
+        };
         let mut by_name = HashMap::new();
         for (id, ty) in btf.types.iter().enumerate() {
             if ty.kind == KIND_STRUCT && ty.name != 0 {
-                by_name.entry(btf.string(ty.name).to_string()).or_insert(id as u32);
+                by_name
+                    .entry(btf.string(ty.name).to_string())
+                    .or_insert(id as u32);
             }
         }
         btf.structs_by_name = by_name;
@@ -132,7 +155,11 @@ impl Btf {
             let m = base + i * 12;
             let raw = u32_at(&self.data, m + 8).ok()?;
             let bit_offset = if kind_flag { raw & 0x00ff_ffff } else { raw };
-            Some((u32_at(&self.data, m).ok()?, u32_at(&self.data, m + 4).ok()?, bit_offset))
+            Some((
+                u32_at(&self.data, m).ok()?,
+                u32_at(&self.data, m + 4).ok()?,
+                bit_offset,
+            ))
         })
     }
 
@@ -163,7 +190,10 @@ impl Btf {
             .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
         self.find_member(id, member, 0)
             .map(|bits| bits / 8)
-            .ok_or_else(|| BtfError::NoMember { strukt: strukt.to_string(), member: member.to_string() })
+            .ok_or_else(|| BtfError::NoMember {
+                strukt: strukt.to_string(),
+                member: member.to_string(),
+            })
     }
 
     fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
@@ -174,12 +204,18 @@ impl Btf {
         if !matches!(ty.kind, KIND_STRUCT | KIND_UNION) {
             return None;
         }
-        if let Some((_, _, bits)) = self.members(ty).find(|&(name, _, _)| name != 0 && self.string(name) == member) {
+        if let Some((_, _, bits)) = self
+            .members(ty)
+            .find(|&(name, _, _)| name != 0 && self.string(name) == member)
+        {
             return Some(bits);
         }
-        self.members(ty).filter(|&(name, _, _)| name == 0).find_map(|(_, type_id, bits)| {
-            self.find_member(self.resolve(type_id), member, depth + 1).map(|found| bits + found)
-        })
+        self.members(ty)
+            .filter(|&(name, _, _)| name == 0)
+            .find_map(|(_, type_id, bits)| {
+                self.find_member(self.resolve(type_id), member, depth + 1)
+                    .map(|found| bits + found)
+            })
     }
 }
 

@@ -9,9 +9,7 @@ use std::{
 };
 
 use protocol::{ConnectHook, Outcome, SocketFamily, Timestamp, TransportProtocol};
-use sensor_common::{
-    ConnectAttemptRecord, SyscallResultRecord, TcpOutcomeRecord, HOOK_SENDMSG,
-};
+use sensor_common::{ConnectAttemptRecord, SyscallResultRecord, TcpOutcomeRecord, HOOK_SENDMSG};
 
 use super::decode;
 use crate::source::ConnectRecord;
@@ -63,18 +61,37 @@ impl ConnectJoiner {
         let record = ConnectRecord {
             time,
             pid: rec.header.pid,
-            family: if rec.family == 2 { SocketFamily::Ipv4 } else { SocketFamily::Ipv6 },
-            protocol: if is_tcp { TransportProtocol::Tcp } else { TransportProtocol::Udp },
+            family: if rec.family == 2 {
+                SocketFamily::Ipv4
+            } else {
+                SocketFamily::Ipv6
+            },
+            protocol: if is_tcp {
+                TransportProtocol::Tcp
+            } else {
+                TransportProtocol::Udp
+            },
             destination_ip: decode::ip(rec.family, &rec.addr),
             destination_port: rec.port,
             source_ip: None,
             source_port: None,
             outcome: Outcome::Pending,
             errno: None,
-            hook: if rec.hook == HOOK_SENDMSG { ConnectHook::Sendmsg } else { ConnectHook::Connect },
+            hook: if rec.hook == HOOK_SENDMSG {
+                ConnectHook::Sendmsg
+            } else {
+                ConnectHook::Connect
+            },
             late_outcome: false,
         };
-        self.pending.insert(id, Pending { record, seen: now, reported_pending: false });
+        self.pending.insert(
+            id,
+            Pending {
+                record,
+                seen: now,
+                reported_pending: false,
+            },
+        );
         self.by_tid.insert(rec.header.tid, id);
         if is_tcp && rec.hook != HOOK_SENDMSG {
             self.by_sock.insert(rec.sock, id);
@@ -177,7 +194,13 @@ mod tests {
     use sensor_common::{RecordHeader, HOOK_CONNECT};
 
     fn header(tid: u32) -> RecordHeader {
-        RecordHeader { kind: 0, tid, pid: tid, _pad: 0, boot_ns: 0 }
+        RecordHeader {
+            kind: 0,
+            tid,
+            pid: tid,
+            _pad: 0,
+            boot_ns: 0,
+        }
     }
 
     fn attempt(tid: u32, sock: u64, sock_type: u8) -> ConnectAttemptRecord {
@@ -214,7 +237,13 @@ mod tests {
         let mut out = Vec::new();
         j.attempt(&attempt(7, 0xa, 1), Timestamp::default(), now);
         j.tcp_outcome(&tcp(0xa, 1, 0, 0), &mut out);
-        j.syscall_result(&SyscallResultRecord { header: header(7), ret: 0 }, &mut out);
+        j.syscall_result(
+            &SyscallResultRecord {
+                header: header(7),
+                ret: 0,
+            },
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].outcome, Outcome::Ok);
         assert_eq!(out[0].destination_port, 443);
@@ -227,15 +256,36 @@ mod tests {
         let mut j = ConnectJoiner::new(Duration::from_secs(1));
         let mut out = Vec::new();
         j.attempt(&attempt(1, 0x1, 1), Timestamp::default(), now);
-        j.syscall_result(&SyscallResultRecord { header: header(1), ret: -111 }, &mut out);
+        j.syscall_result(
+            &SyscallResultRecord {
+                header: header(1),
+                ret: -111,
+            },
+            &mut out,
+        );
         j.attempt(&attempt(2, 0x2, 1), Timestamp::default(), now);
-        j.syscall_result(&SyscallResultRecord { header: header(2), ret: -1 }, &mut out);
+        j.syscall_result(
+            &SyscallResultRecord {
+                header: header(2),
+                ret: -1,
+            },
+            &mut out,
+        );
         j.attempt(&attempt(3, 0x3, 1), Timestamp::default(), now);
-        j.syscall_result(&SyscallResultRecord { header: header(3), ret: -115 }, &mut out);
+        j.syscall_result(
+            &SyscallResultRecord {
+                header: header(3),
+                ret: -115,
+            },
+            &mut out,
+        );
         assert_eq!(out.len(), 2, "EINPROGRESS waits for the socket");
         j.tcp_outcome(&tcp(0x3, 7, 0, 1), &mut out);
         let outcomes: Vec<_> = out.iter().map(|r| r.outcome).collect();
-        assert_eq!(outcomes, [Outcome::Refused, Outcome::Denied, Outcome::Refused]);
+        assert_eq!(
+            outcomes,
+            [Outcome::Refused, Outcome::Denied, Outcome::Refused]
+        );
     }
 
     #[test]
@@ -259,7 +309,13 @@ mod tests {
         let mut j = ConnectJoiner::new(Duration::from_secs(1));
         let mut out = Vec::new();
         j.attempt(&attempt(5, 0x5, 2), Timestamp::default(), now);
-        j.syscall_result(&SyscallResultRecord { header: header(5), ret: 12 }, &mut out);
+        j.syscall_result(
+            &SyscallResultRecord {
+                header: header(5),
+                ret: 12,
+            },
+            &mut out,
+        );
         assert_eq!(out[0].protocol, TransportProtocol::Udp);
         assert_eq!(out[0].outcome, Outcome::Ok);
     }

@@ -21,7 +21,11 @@ pub enum DecodeError {
     #[error("ring buffer record has unknown kind {0}")]
     UnknownKind(u32),
     #[error("{kind:?} record of {len} bytes is shorter than its {need} fixed bytes")]
-    Truncated { kind: RecordKind, len: usize, need: usize },
+    Truncated {
+        kind: RecordKind,
+        len: usize,
+        need: usize,
+    },
 }
 
 /// Reads a `T` from the start of `bytes`; the caller checked the length.
@@ -35,7 +39,11 @@ fn read<T: Copy>(bytes: &[u8]) -> T {
 fn fixed<T: Copy>(bytes: &[u8], kind: RecordKind) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Truncated { kind, len: bytes.len(), need });
+        return Err(DecodeError::Truncated {
+            kind,
+            len: bytes.len(),
+            need,
+        });
     }
     Ok(read(bytes))
 }
@@ -50,7 +58,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         RecordKind::Exec => {
             // Only the used part of argv is sent: copy into a zeroed full-size record.
             if bytes.len() < EXEC_RECORD_FIXED {
-                return Err(DecodeError::Truncated { kind, len: bytes.len(), need: EXEC_RECORD_FIXED });
+                return Err(DecodeError::Truncated {
+                    kind,
+                    len: bytes.len(),
+                    need: EXEC_RECORD_FIXED,
+                });
             }
             let mut full = vec![0u8; std::mem::size_of::<ExecRecord>()];
             let n = bytes.len().min(full.len());
@@ -118,12 +130,19 @@ mod tests {
 
     #[test]
     fn rebuilds_paths_leaf_first_and_argv() {
-        let mut p = DentryPath { len: 0, depth: 3, buf: [0; PATH_MAX_BYTES] };
+        let mut p = DentryPath {
+            len: 0,
+            depth: 3,
+            buf: [0; PATH_MAX_BYTES],
+        };
         let raw = b"python3.11\0bin\0usr\0";
         p.buf[..raw.len()].copy_from_slice(raw);
         p.len = raw.len() as u32;
         assert_eq!(dentry_path(&p).as_deref(), Some("/usr/bin/python3.11"));
-        assert_eq!(argv(b"a\0b c\0\0", 6, 2), vec!["a".to_string(), "b c".to_string()]);
+        assert_eq!(
+            argv(b"a\0b c\0\0", 6, 2),
+            vec!["a".to_string(), "b c".to_string()]
+        );
         assert_eq!(argv(b"a\0\0x\0", 5, 3), vec!["a", "", "x"]);
     }
 

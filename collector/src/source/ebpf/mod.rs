@@ -27,11 +27,12 @@ use tokio::io::unix::AsyncFd;
 pub use self::enforce::EbpfEnforcement;
 use self::{connect::ConnectJoiner, decode::Record};
 use super::{
-    EventSource, ExecRecord, ExitRecord, FileId, ForkRecord, ProcessKey, SensorEvent,
-    SourceError, SourceOptions, SourceStats,
+    EventSource, ExecRecord, ExitRecord, FileId, ForkRecord, ProcessKey, SensorEvent, SourceError,
+    SourceOptions, SourceStats,
 };
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/osprey-sensor.bpf.o"));
+static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/osprey-sensor.bpf.o"));
 
 /// Tracepoints the programs attach to: (program, category, tracepoint).
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
@@ -56,7 +57,10 @@ struct BootClock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
@@ -64,7 +68,9 @@ fn clock_ns(clock: libc::clockid_t) -> i64 {
 
 impl BootClock {
     fn now() -> Self {
-        BootClock { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME) }
+        BootClock {
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
+        }
     }
     fn wall(&self, boot_ns: u64) -> Timestamp {
         Timestamp::from_unix_nanos(boot_ns as i64 + self.offset_ns)
@@ -124,7 +130,10 @@ impl Translator {
         let comm = decode::c_str(&r.comm);
         ExecRecord {
             time: self.clock.wall(r.header.boot_ns),
-            process: ProcessKey { pid, start_ticks: self.start_ticks(r.start_boottime) },
+            process: ProcessKey {
+                pid,
+                start_ticks: self.start_ticks(r.start_boottime),
+            },
             ppid: Some(r.ppid),
             uid: r.uid,
             euid: r.euid,
@@ -157,12 +166,18 @@ impl Translator {
             Record::Exec(r) => out.push(SensorEvent::Exec(self.exec(&r))),
             Record::Fork(r) => out.push(SensorEvent::Fork(ForkRecord {
                 time: self.clock.wall(r.header.boot_ns),
-                child: ProcessKey { pid: r.child_pid, start_ticks: self.start_ticks(r.child_start_boottime) },
+                child: ProcessKey {
+                    pid: r.child_pid,
+                    start_ticks: self.start_ticks(r.child_start_boottime),
+                },
                 ppid: r.header.pid,
             })),
             Record::Exit(r) => out.push(SensorEvent::Exit(ExitRecord {
                 time: self.clock.wall(r.header.boot_ns),
-                process: ProcessKey { pid: r.header.pid, start_ticks: self.start_ticks(r.start_boottime) },
+                process: ProcessKey {
+                    pid: r.header.pid,
+                    start_ticks: self.start_ticks(r.start_boottime),
+                },
                 status: ExitEvent::from_wait_status(r.exit_code),
             })),
             Record::ConnectAttempt(r) => {
@@ -222,8 +237,11 @@ impl EventSource for EbpfSource {
                 .ok_or_else(|| SourceError::Other(format!("eBPF object lacks program {prog}")))?
                 .try_into()
                 .map_err(|e| load_error(prog, e))?;
-            p.load().map_err(|e| load_error(&format!("verifier rejected {prog}"), e))?;
-            p.attach(category, name).map_err(|e| load_error(&format!("cannot attach {prog} to {category}/{name}"), e))?;
+            p.load()
+                .map_err(|e| load_error(&format!("verifier rejected {prog}"), e))?;
+            p.attach(category, name).map_err(|e| {
+                load_error(&format!("cannot attach {prog} to {category}/{name}"), e)
+            })?;
         }
         {
             let p: &mut RawTracePoint = ebpf
@@ -231,8 +249,10 @@ impl EventSource for EbpfSource {
                 .ok_or_else(|| SourceError::Other("eBPF object lacks sched_process_fork".into()))?
                 .try_into()
                 .map_err(|e| load_error("sched_process_fork", e))?;
-            p.load().map_err(|e| load_error("verifier rejected sched_process_fork", e))?;
-            p.attach("sched_process_fork").map_err(|e| load_error("cannot attach sched_process_fork", e))?;
+            p.load()
+                .map_err(|e| load_error("verifier rejected sched_process_fork", e))?;
+            p.attach("sched_process_fork")
+                .map_err(|e| load_error("cannot attach sched_process_fork", e))?;
         }
         let cgroup = std::fs::File::open(&cgroup_root).map_err(|source| SourceError::Io {
             context: format!("cannot open cgroup v2 root {}", cgroup_root.display()),
@@ -244,27 +264,39 @@ impl EventSource for EbpfSource {
                 .ok_or_else(|| SourceError::Other(format!("eBPF object lacks program {prog}")))?
                 .try_into()
                 .map_err(|e| load_error(prog, e))?;
-            p.load().map_err(|e| load_error(&format!("verifier rejected {prog}"), e))?;
+            p.load()
+                .map_err(|e| load_error(&format!("verifier rejected {prog}"), e))?;
             // On kernels >= 5.7 aya attaches through a bpf_link, which always has multi-attach
             // semantics (descendant cgroups — a container runtime's, a test's — can attach
             // their own) and which rejects any explicit mode flag with EINVAL.
-            p.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|e| load_error(&format!("cannot attach {prog} to {}", cgroup_root.display()), e))?;
+            p.attach(&cgroup, CgroupAttachMode::Single).map_err(|e| {
+                load_error(
+                    &format!("cannot attach {prog} to {}", cgroup_root.display()),
+                    e,
+                )
+            })?;
         }
 
         let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS").ok_or_else(|| SourceError::Other("eBPF object lacks EVENTS".into()))?,
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| SourceError::Other("eBPF object lacks EVENTS".into()))?,
         )
         .map_err(|e| load_error("EVENTS", e))?;
         let drops = PerCpuArray::try_from(
-            ebpf.take_map("DROPS").ok_or_else(|| SourceError::Other("eBPF object lacks DROPS".into()))?,
+            ebpf.take_map("DROPS")
+                .ok_or_else(|| SourceError::Other("eBPF object lacks DROPS".into()))?,
         )
         .map_err(|e| load_error("DROPS", e))?;
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as
         // the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| SourceError::Other(format!("cannot poll the ring buffer: {e}")))?;
-        let mut expiry = tokio::time::interval(options.connect_outcome_wait.max(std::time::Duration::from_millis(10)) / 2);
+        let mut expiry = tokio::time::interval(
+            options
+                .connect_outcome_wait
+                .max(std::time::Duration::from_millis(10))
+                / 2,
+        );
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(cgroup = %cgroup_root.display(), ring_bytes = options.buffer_bytes, "eBPF sensor attached");
         Ok(EbpfSource {
@@ -336,7 +368,12 @@ impl EventSource for EbpfSource {
     fn live_processes(&mut self) -> Result<Vec<ProcessKey>, SourceError> {
         Ok(procfs::pids()
             .into_iter()
-            .filter_map(|pid| procfs::read_stat(pid).map(|s| ProcessKey { pid, start_ticks: s.start_ticks }))
+            .filter_map(|pid| {
+                procfs::read_stat(pid).map(|s| ProcessKey {
+                    pid,
+                    start_ticks: s.start_ticks,
+                })
+            })
             .collect())
     }
 }

@@ -60,7 +60,13 @@ pub fn check_bpf_syscall() -> Result<(), SourceError> {
         max_entries: u32,
         _rest: [u8; 112],
     }
-    let attr = MapCreate { map_type: 2 /* ARRAY */, key_size: 4, value_size: 4, max_entries: 1, _rest: [0; 112] };
+    let attr = MapCreate {
+        map_type: 2, /* ARRAY */
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        _rest: [0; 112],
+    };
     // SAFETY: BPF_MAP_CREATE with a valid, fully initialised attribute block of the size given.
     let fd = unsafe {
         libc::syscall(
@@ -114,7 +120,10 @@ fn mounted_types() -> Vec<(String, String)> {
 }
 
 fn ensure_mounted(fs_type: &str, target: &str, what: &str) -> Result<(), SourceError> {
-    if mounted_types().iter().any(|(mp, ty)| mp == target && ty == fs_type) {
+    if mounted_types()
+        .iter()
+        .any(|(mp, ty)| mp == target && ty == fs_type)
+    {
         return Ok(());
     }
     let c = |s: &str| CString::new(s).expect("static strings have no NUL");
@@ -145,13 +154,19 @@ pub fn ensure_bpffs() -> Result<PathBuf, SourceError> {
 /// The cgroup v2 mount: `/sys/fs/cgroup` on pure-v2 hosts, `/sys/fs/cgroup/unified` on hybrid.
 pub fn cgroup2_root() -> Result<PathBuf, SourceError> {
     let mounts = mounted_types();
-    let mut v2: Vec<&String> = mounts.iter().filter(|(_, ty)| ty == "cgroup2").map(|(mp, _)| mp).collect();
+    let mut v2: Vec<&String> = mounts
+        .iter()
+        .filter(|(_, ty)| ty == "cgroup2")
+        .map(|(mp, _)| mp)
+        .collect();
     v2.sort_by_key(|mp| mp.len());
-    v2.first().map(|mp| PathBuf::from(mp.as_str())).ok_or_else(|| {
-        SourceError::Unsupported(
-            "no cgroup v2 filesystem is mounted, which the connect hooks attach to: mount one \
+    v2.first()
+        .map(|mp| PathBuf::from(mp.as_str()))
+        .ok_or_else(|| {
+            SourceError::Unsupported(
+                "no cgroup v2 filesystem is mounted, which the connect hooks attach to: mount one \
              with `mount -t cgroup2 none /sys/fs/cgroup/unified`"
-                .to_string(),
-        )
-    })
+                    .to_string(),
+            )
+        })
 }

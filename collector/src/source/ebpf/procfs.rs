@@ -61,7 +61,12 @@ pub fn read_cmdline(pid: u32) -> Option<Vec<String>> {
     if trimmed.is_empty() {
         return Some(Vec::new());
     }
-    Some(trimmed.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+    Some(
+        trimmed
+            .split(|&b| b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+    )
 }
 
 fn read_link(pid: u32, what: &str) -> Option<String> {
@@ -78,14 +83,25 @@ fn status_ids(text: &str, key: &str) -> Option<(u32, u32)> {
 
 fn cgroup_id(pid: u32, cgroup_root: Option<&Path>) -> u64 {
     let Some(root) = cgroup_root else { return 0 };
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return 0 };
-    let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else { return 0 };
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return 0;
+    };
+    let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return 0;
+    };
     // A cgroup v2 id is the inode number of its directory.
-    fs::metadata(root.join(path.trim_start_matches('/'))).map(|m| m.ino()).unwrap_or(0)
+    fs::metadata(root.join(path.trim_start_matches('/')))
+        .map(|m| m.ino())
+        .unwrap_or(0)
 }
 
 /// Everything /proc says about a process now, shaped like an exec record.
-pub fn read_process(pid: u32, boot_time_ns: i64, clk_tck: u64, cgroup_root: Option<&Path>) -> Option<ExecRecord> {
+pub fn read_process(
+    pid: u32,
+    boot_time_ns: i64,
+    clk_tck: u64,
+    cgroup_root: Option<&Path>,
+) -> Option<ExecRecord> {
     let stat = read_stat(pid)?;
     if stat.flags & PF_KTHREAD != 0 {
         return None;
@@ -99,11 +115,17 @@ pub fn read_process(pid: u32, boot_time_ns: i64, clk_tck: u64, cgroup_root: Opti
         .filter(|&u| u != u32::MAX);
     let exe_file = fs::metadata(format!("/proc/{pid}/exe"))
         .ok()
-        .map(|m| FileId { dev: m.dev(), ino: m.ino() });
+        .map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        });
     let start_ns = (stat.start_ticks as i64).saturating_mul(1_000_000_000 / clk_tck as i64);
     Some(ExecRecord {
         time: Timestamp::from_unix_nanos(boot_time_ns + start_ns),
-        process: ProcessKey { pid, start_ticks: stat.start_ticks },
+        process: ProcessKey {
+            pid,
+            start_ticks: stat.start_ticks,
+        },
         ppid: Some(stat.ppid),
         uid,
         euid,
@@ -123,8 +145,11 @@ pub fn read_process(pid: u32, boot_time_ns: i64, clk_tck: u64, cgroup_root: Opti
 
 /// Pids of /proc's process directories.
 pub fn pids() -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -133,7 +158,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_spaces_and_parens_in_comm() {
-        let text = "1234 (a (b) c) S 1 1234 1234 34816 1234 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 0 0";
+        let text =
+            "1234 (a (b) c) S 1 1234 1234 34816 1234 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 0 0";
         let s = parse_stat(text).unwrap();
         assert_eq!(s.comm, "a (b) c");
         assert_eq!(s.ppid, 1);

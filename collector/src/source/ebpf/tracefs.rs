@@ -21,7 +21,11 @@ pub struct Format {
 
 impl Format {
     pub fn read(tracefs: &Path, category: &str, name: &str) -> Result<Self, FormatError> {
-        let path = tracefs.join("events").join(category).join(name).join("format");
+        let path = tracefs
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
         let text = std::fs::read_to_string(&path).map_err(|source| FormatError::Read {
             path: path.display().to_string(),
             source,
@@ -45,18 +49,28 @@ impl Format {
             if let (Some(decl), Some(offset)) = (decl, offset) {
                 // "const char * filename", "__data_loc char[] filename", "__u8 saddr[4]"
                 let last = decl.split_whitespace().last().unwrap_or("");
-                let name = last.split('[').next().unwrap_or(last).trim_start_matches('*');
+                let name = last
+                    .split('[')
+                    .next()
+                    .unwrap_or(last)
+                    .trim_start_matches('*');
                 fields.insert(name.to_string(), offset);
             }
         }
-        Format { tracepoint: tracepoint.to_string(), fields }
+        Format {
+            tracepoint: tracepoint.to_string(),
+            fields,
+        }
     }
 
     pub fn offset(&self, field: &str) -> Result<u32, FormatError> {
-        self.fields.get(field).copied().ok_or_else(|| FormatError::NoField {
-            tracepoint: self.tracepoint.clone(),
-            field: field.to_string(),
-        })
+        self.fields
+            .get(field)
+            .copied()
+            .ok_or_else(|| FormatError::NoField {
+                tracepoint: self.tracepoint.clone(),
+                field: field.to_string(),
+            })
     }
 }
 
