@@ -202,7 +202,9 @@ impl Default for SpoolSection {
 impl Default for SensorSection {
     fn default() -> Self {
         SensorSection {
-            ring_buffer_bytes: 16 * 1024 * 1024,
+            // The ring is mapped twice (for wrap-around reads), so this costs twice its size in
+            // resident memory; 8 MiB still holds ~3,000 exec records if the reader stalls.
+            ring_buffer_bytes: 8 * 1024 * 1024,
             connect_outcome_wait_ms: 1000,
             cgroup_root: None,
         }

@@ -162,7 +162,7 @@ async fn start_actuator(
 ) -> anyhow::Result<
     Option<(
         tokio::sync::watch::Sender<bool>,
-        tokio::task::JoinHandle<()>,
+        std::thread::JoinHandle<()>,
     )>,
 > {
     use collector::actuator::{nats_endpoints, Actuator, ActuatorOptions, Enforcement};
@@ -202,7 +202,15 @@ async fn start_actuator(
         Some(client.clone()),
     )?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(actuator.run(client, stopped));
+    // Its own thread and runtime: actions block (dumps, copies) and must not stall the pipeline.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("actuator: cannot start its runtime")?;
+    let task = std::thread::Builder::new()
+        .name("osprey-actuator".into())
+        .spawn(move || runtime.block_on(actuator.run(client, stopped)))
+        .context("actuator: cannot start its thread")?;
     Ok(Some((stop, task)))
 }
 
@@ -325,7 +333,7 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
     #[cfg(target_os = "linux")]
     if let Some((stop, task)) = actuator {
         let _ = stop.send(true);
-        let _ = task.await;
+        let _ = tokio::task::spawn_blocking(move || task.join()).await;
     }
     let stats = publisher_task.shutdown(Duration::from_secs(3)).await;
     tracing::info!(spool_depth = stats.spool_depth, "osprey-collector stopped");
@@ -358,8 +366,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the pipeline is sequential, and waking a second worker for every hand-off
+    // (pipeline → publisher → NATS connection) cost more CPU than the work itself.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")

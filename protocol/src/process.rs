@@ -79,9 +79,47 @@ impl FromStr for ExecId {
     }
 }
 
+impl ExecId {
+    /// Renders into a stack buffer: ids are serialized several times per event (process,
+    /// parent, every ancestor), and `fmt` machinery showed up in profiles.
+    fn render(&self, buf: &mut [u8; 64]) -> usize {
+        fn push_dec(buf: &mut [u8; 64], at: &mut usize, mut v: u64) {
+            let mut digits = [0u8; 20];
+            let mut n = 0;
+            loop {
+                digits[n] = b'0' + (v % 10) as u8;
+                n += 1;
+                v /= 10;
+                if v == 0 {
+                    break;
+                }
+            }
+            for d in digits[..n].iter().rev() {
+                buf[*at] = *d;
+                *at += 1;
+            }
+        }
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut at = 0;
+        for shift in (0..8).rev() {
+            buf[at] = HEX[((self.boot.0 >> (shift * 4)) & 0xf) as usize];
+            at += 1;
+        }
+        for part in [u64::from(self.pid), self.start_ticks, u64::from(self.seq)] {
+            buf[at] = b'-';
+            at += 1;
+            push_dec(buf, &mut at, part);
+        }
+        at
+    }
+}
+
 impl Serialize for ExecId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let mut buf = [0u8; 64];
+        let len = self.render(&mut buf);
+        // Only ASCII hex digits, decimal digits and '-' were written.
+        s.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default())
     }
 }
 
@@ -176,6 +214,15 @@ mod tests {
             seq: 2,
         };
         assert_eq!(id.to_string(), "4cd11df2-4242-123456-2");
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"4cd11df2-4242-123456-2\"");
+        let max = ExecId {
+            boot: BootId(u32::MAX),
+            pid: u32::MAX,
+            start_ticks: u64::MAX,
+            seq: u32::MAX,
+        };
+        assert_eq!(serde_json::to_string(&max).unwrap(), format!("\"{max}\""));
         assert_eq!("4cd11df2-4242-123456-2".parse::<ExecId>().unwrap(), id);
         assert!("4cd11df2-4242-123456".parse::<ExecId>().is_err());
         assert!("zz-1-2-3".parse::<ExecId>().is_err());

@@ -11,7 +11,7 @@ use sensor_common::{
 
 /// Every record for userspace. The collector sets the size at load time.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// Records that could not be delivered, per [`DropKind`].
 #[map]

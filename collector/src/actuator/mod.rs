@@ -600,7 +600,9 @@ impl Actuator {
             tokio::select! {
                 msg = sub.next() => {
                     let Some(msg) = msg else { break };
-                    let result = tokio::task::block_in_place(|| self.handle(&msg.payload));
+                    // The actuator has a thread of its own (see `main`): blocking here (a
+                    // memory dump, a quarantine copy) never stalls the event pipeline.
+                    let result = self.handle(&msg.payload);
                     if let Some(reply) = msg.reply {
                         match protocol::encode(&result) {
                             Ok(bytes) => {

@@ -48,6 +48,9 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
 ];
 
+/// Shortest time between two reads of the ring buffer while events keep coming.
+const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
 const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
 /// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
@@ -84,6 +87,8 @@ pub struct EbpfSource {
     drops: PerCpuArray<MapData, u64>,
     cgroup_root: PathBuf,
     expiry: tokio::time::Interval,
+    /// When the last non-empty batch was handed out (see [`BATCH_INTERVAL`]).
+    last_batch: Option<tokio::time::Instant>,
     translator: Translator,
 }
 
@@ -305,6 +310,7 @@ impl EventSource for EbpfSource {
             drops,
             cgroup_root,
             expiry,
+            last_batch: None,
             translator: Translator {
                 joiner: ConnectJoiner::new(options.connect_outcome_wait),
                 clock: BootClock::now(),
@@ -316,6 +322,12 @@ impl EventSource for EbpfSource {
     }
 
     async fn next_batch(&mut self, out: &mut Vec<SensorEvent>) -> Result<(), SourceError> {
+        // Under load, read at most once per interval: every wakeup costs more than handling
+        // an event, so records are taken in batches. When idle, the first record is read at
+        // once.
+        if let Some(last) = self.last_batch.take() {
+            tokio::time::sleep_until(last + BATCH_INTERVAL).await;
+        }
         let start_len = out.len();
         while out.len() == start_len {
             tokio::select! {
@@ -339,6 +351,7 @@ impl EventSource for EbpfSource {
                 _ = self.expiry.tick() => self.translator.tick(out),
             }
         }
+        self.last_batch = Some(tokio::time::Instant::now());
         Ok(())
     }
 
