@@ -171,27 +171,12 @@ mod tests {
 
     fn process(argv: Vec<String>) -> Process {
         Process {
-            exec_id: "0000abcd-4242-777-1".parse().unwrap(),
-            pid: 4242,
             ppid: 1,
-            parent_exec_id: None,
-            name: "python3".into(),
-            exe: "/usr/bin/python3".into(),
-            invoked_path: None,
-            argv,
-            argv_truncated: false,
-            argv_source: ArgvSource::Kernel,
-            cwd: None,
-            uid: 0,
-            euid: 0,
-            gid: 0,
-            loginuid: None,
-            user: None,
-            tty: None,
-            cgroup_id: 0,
-            container_id: None,
-            start_time: Timestamp::from_unix_nanos(0),
-            sha256: None,
+            ..Process::new(
+                "0000abcd-4242-777-1".parse().unwrap(),
+                "/usr/bin/python3",
+                argv,
+            )
         }
     }
 

@@ -20,32 +20,24 @@ const PATIENCE: Duration = Duration::from_secs(90);
 
 fn process(pid: u32) -> Process {
     Process {
-        exec_id: ExecId {
-            boot: BootId(0xabcd),
-            pid,
-            start_ticks: 1000 + u64::from(pid),
-            seq: 0,
-        },
-        pid,
         ppid: 1,
-        parent_exec_id: None,
-        name: "python3".into(),
-        exe: "/usr/bin/python3".into(),
         invoked_path: Some("/usr/bin/python3".into()),
-        argv: vec!["python3".into(), "-c".into(), format!("print({pid})")],
-        argv_truncated: false,
-        argv_source: ArgvSource::Kernel,
         cwd: Some("/tmp".into()),
         uid: 1000,
         euid: 1000,
         gid: 1000,
-        loginuid: None,
-        user: None,
-        tty: None,
         cgroup_id: 1,
-        container_id: None,
         start_time: Timestamp::from_unix_nanos(1),
-        sha256: None,
+        ..Process::new(
+            ExecId {
+                boot: BootId(0xabcd),
+                pid,
+                start_ticks: 1000 + u64::from(pid),
+                seq: 0,
+            },
+            "/usr/bin/python3",
+            vec!["python3".into(), "-c".into(), format!("print({pid})")],
+        )
     }
 }
 

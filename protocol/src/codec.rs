@@ -55,27 +55,19 @@ mod tests {
 
     fn process() -> Process {
         Process {
-            exec_id: "0000abcd-10-20-1".parse().unwrap(),
             pid: 10,
             ppid: 1,
-            parent_exec_id: None,
             name: "python3".into(),
-            exe: "/usr/bin/python3.11".into(),
             invoked_path: Some("/usr/bin/python3".into()),
-            argv: vec!["python3".into(), "-c".into(), "print(1)".into()],
-            argv_truncated: false,
-            argv_source: ArgvSource::Kernel,
             cwd: Some("/tmp".into()),
-            uid: 0,
-            euid: 0,
-            gid: 0,
-            loginuid: None,
             user: Some("root".into()),
-            tty: None,
             cgroup_id: 1,
-            container_id: None,
             start_time: Timestamp::from_unix_nanos(1),
-            sha256: None,
+            ..Process::new(
+                "0000abcd-10-20-1".parse().unwrap(),
+                "/usr/bin/python3.11",
+                vec!["python3".into(), "-c".into(), "print(1)".into()],
+            )
         }
     }
 

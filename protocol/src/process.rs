@@ -195,6 +195,36 @@ pub struct Ancestor {
 }
 
 impl Process {
+    /// A process known by its identity, executable and arguments, every other field empty:
+    /// fill in the rest with struct update syntax (`Process { tty, ..Process::new(..) }`).
+    /// The name is the executable's file name.
+    pub fn new(exec_id: ExecId, exe: impl Into<String>, argv: Vec<String>) -> Process {
+        let exe = exe.into();
+        Process {
+            exec_id,
+            pid: exec_id.pid,
+            ppid: 0,
+            parent_exec_id: None,
+            name: exe.rsplit(['/', '\\']).next().unwrap_or(&exe).to_string(),
+            exe,
+            invoked_path: None,
+            argv,
+            argv_truncated: false,
+            argv_source: ArgvSource::Kernel,
+            cwd: None,
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            loginuid: None,
+            user: None,
+            tty: None,
+            cgroup_id: 0,
+            container_id: None,
+            start_time: Timestamp::default(),
+            sha256: None,
+        }
+    }
+
     /// Arguments joined by single spaces, the way Sigma's `CommandLine` sees them.
     pub fn command_line(&self) -> String {
         self.argv.join(" ")

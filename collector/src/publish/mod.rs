@@ -424,27 +424,13 @@ mod tests {
 
     fn process() -> Process {
         Process {
-            exec_id: "0000abcd-10-20-1".parse().unwrap(),
-            pid: 10,
             ppid: 1,
-            parent_exec_id: None,
-            name: "python3".into(),
-            exe: "/usr/bin/python3".into(),
-            invoked_path: None,
-            argv: vec!["python3".into()],
-            argv_truncated: false,
-            argv_source: ArgvSource::Kernel,
-            cwd: None,
-            uid: 0,
-            euid: 0,
-            gid: 0,
-            loginuid: None,
-            user: None,
-            tty: None,
-            cgroup_id: 0,
-            container_id: None,
             start_time: Timestamp::from_unix_nanos(1),
-            sha256: None,
+            ..Process::new(
+                "0000abcd-10-20-1".parse().unwrap(),
+                "/usr/bin/python3",
+                vec!["python3".into()],
+            )
         }
     }
 

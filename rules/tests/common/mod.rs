@@ -2,8 +2,8 @@
 #![allow(dead_code)]
 
 use protocol::{
-    Ancestor, ArgvSource, BootId, ConnectEvent, ConnectHook, Event, EventDetail, ExecEvent, ExecId,
-    Outcome, Process, SocketFamily, Timestamp, TransportProtocol,
+    Ancestor, BootId, ConnectEvent, ConnectHook, Event, EventDetail, ExecEvent, ExecId, Outcome,
+    Process, SocketFamily, Timestamp, TransportProtocol,
 };
 use std::path::PathBuf;
 
@@ -33,18 +33,10 @@ fn exec_id(pid: u32) -> ExecId {
 
 /// A process running `argv`, whose executable resolves to `exe` and was invoked as `invoked`.
 pub fn process(argv: &[&str], exe: &str, invoked: Option<&str>) -> Process {
-    let name = exe.rsplit('/').next().unwrap_or(exe).to_string();
     Process {
-        exec_id: exec_id(4242),
-        pid: 4242,
         ppid: 4000,
         parent_exec_id: Some(exec_id(4000)),
-        name,
-        exe: exe.into(),
         invoked_path: invoked.map(Into::into),
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        argv_truncated: false,
-        argv_source: ArgvSource::Kernel,
         cwd: Some("/home/alice".into()),
         uid: 1000,
         euid: 1000,
@@ -53,9 +45,12 @@ pub fn process(argv: &[&str], exe: &str, invoked: Option<&str>) -> Process {
         user: Some("alice".into()),
         tty: Some("pts0".into()),
         cgroup_id: 1,
-        container_id: None,
         start_time: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
-        sha256: None,
+        ..Process::new(
+            exec_id(4242),
+            exe,
+            argv.iter().map(|s| s.to_string()).collect(),
+        )
     }
 }
 
