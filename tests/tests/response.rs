@@ -198,6 +198,18 @@ fn exec_id_of(pid: u32) -> ExecId {
     }
 }
 
+/// The `ExecId` the collector gives a process it saw start: what an action must name (its
+/// exec sequence number is the collector's own count, not visible in /proc).
+async fn live_exec_id(collector: &Collector, pid: u32) -> ExecId {
+    collector
+        .wait_event("the victim's exec", |e| {
+            e.process.pid == pid && matches!(e.detail, protocol::EventDetail::Exec(_))
+        })
+        .await
+        .process
+        .exec_id
+}
+
 /// Waits for a child to end; returns its status.
 async fn wait_exit(
     child: &mut std::process::Child,
@@ -341,7 +353,7 @@ async fn the_actuator_refuses_what_it_must_and_audits_each_refusal() {
 
     // A stale ExecId: the pid now belongs to another process (same pid, other start time).
     let mut victim = env.spawn("/bin/sleep", &["600"]);
-    let live = exec_id_of(victim.id());
+    let live = live_exec_id(&collector, victim.id()).await;
     let stale = ExecId {
         start_ticks: live.start_ticks - 1,
         ..live
@@ -838,7 +850,7 @@ async fn the_responder_refuses_protected_targets_stale_ids_and_the_rate_limits_n
     );
     let js = async_nats::jetstream::new(env.client.clone());
     let mut victim = env.spawn("/bin/sleep", &["600"]);
-    let live = exec_id_of(victim.id());
+    let live = live_exec_id(&collector, victim.id()).await;
     let cases = [
         ("pid 1", exec_id_of(1), "pid 1"),
         (
