@@ -59,36 +59,11 @@ async fn findings_raised_while_nats_is_down_arrive_in_order_exactly_once() {
     let mut mine: Vec<Finding> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while mine.len() < FINDINGS && tokio::time::Instant::now() < deadline {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(100)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-            .unwrap();
-        while let Some(Ok(m)) = batch.next().await {
-            let f: Finding = protocol::decode(&m.payload).unwrap();
-            if f.process.argv.iter().any(|a| a.contains(&mark)) {
-                mine.push(f);
-            }
-            m.ack().await.unwrap();
-        }
+        fetch_mine(&consumer, &mark, &mut mine).await;
     }
     // Wait a little longer: a duplicate would arrive now if it were sent.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut batch = consumer
-        .fetch()
-        .max_messages(100)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await
-        .unwrap();
-    while let Some(Ok(m)) = batch.next().await {
-        let f: Finding = protocol::decode(&m.payload).unwrap();
-        if f.process.argv.iter().any(|a| a.contains(&mark)) {
-            mine.push(f);
-        }
-    }
+    fetch_mine(&consumer, &mark, &mut mine).await;
     let indexes: Vec<usize> = mine
         .iter()
         .map(|f| {
@@ -102,6 +77,28 @@ async fn findings_raised_while_nats_is_down_arrive_in_order_exactly_once() {
         "all, in order, none twice"
     );
     drop(collector);
+}
+
+/// Fetches what the consumer has (waiting up to 1 s), acks it, and keeps this test's findings.
+async fn fetch_mine(
+    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    mark: &str,
+    mine: &mut Vec<Finding>,
+) {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    while let Some(Ok(m)) = batch.next().await {
+        let f: Finding = protocol::decode(&m.payload).unwrap();
+        if f.process.argv.iter().any(|a| a.contains(mark)) {
+            mine.push(f);
+        }
+        m.ack().await.unwrap();
+    }
 }
 
 async fn eventually_stream(js: &jetstream::Context) -> jetstream::stream::Stream {
