@@ -21,7 +21,8 @@ pub enum CodecError {
 /// Human-readable mode makes standard types take the same shape as in JSON (an IP address is
 /// its text form), which the wire contract requires.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(256);
+    // Events with ancestry run to a few KiB: start big enough to rarely grow.
+    let mut out = Vec::with_capacity(4096);
     let mut serializer = rmp_serde::Serializer::new(&mut out)
         .with_struct_map()
         .with_human_readable();

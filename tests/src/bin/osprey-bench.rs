@@ -6,7 +6,6 @@
 //! a NATS subscriber.
 
 use std::{
-    io::Read,
     net::TcpListener,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -40,12 +39,19 @@ fn exec_storm(mark: &str) -> Duration {
     ]))
 }
 
-/// CONNECTS TCP connects (and closes) to the loopback listener on `port`.
+/// CONNECTS TCP connects (and closes) to a loopback listener on `port`, accepted by a thread
+/// of the same child: an acceptor in this process would be starved by its NATS subscriber,
+/// fill the listen backlog and turn dropped SYNs into one-second retransmits.
 fn connect_storm(port: u16) -> Duration {
     timed(Command::new("/usr/bin/python3").args([
         "-c",
         &format!(
-            "import socket\nfor _ in range({CONNECTS}):\n    socket.create_connection(('127.0.0.1', {port})).close()\n"
+            "import socket, threading\n\
+             l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             l.bind(('127.0.0.1', {port})); l.listen(1024)\n\
+             def accept():\n    while True:\n        l.accept()[0].close()\n\
+             threading.Thread(target=accept, daemon=True).start()\n\
+             for _ in range({CONNECTS}):\n    socket.create_connection(('127.0.0.1', {port})).close()\n"
         ),
     ]))
 }
@@ -109,14 +115,11 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start(&dir.path().join("js"));
     let client = nats.client().await;
-    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            let mut s = s;
-            let _ = s.read(&mut [0u8; 1]);
-        }
-    });
+    // A free port for the storm's own listener.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     // SAFETY: sysconf has no preconditions.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut exec = Measured::new();

@@ -4,9 +4,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sensor_common::*;
 
-/// A record from the ring buffer, copied out of it.
-pub enum Record {
-    Exec(Box<ExecRecord>),
+/// A record from the ring buffer, copied out of it (an exec record into a reused buffer: at
+/// 6 KiB it is the one worth not allocating and copying per event).
+pub enum Record<'a> {
+    Exec(&'a ExecRecord),
     Fork(ForkRecord),
     Exit(ExitRecord),
     ConnectAttempt(ConnectAttemptRecord),
@@ -48,7 +49,7 @@ fn fixed<T: Copy>(bytes: &[u8], kind: RecordKind) -> Result<T, DecodeError> {
     Ok(read(bytes))
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+pub fn decode<'a>(bytes: &[u8], exec_buf: &'a mut ExecRecord) -> Result<Record<'a>, DecodeError> {
     if bytes.len() < std::mem::size_of::<RecordHeader>() {
         return Err(DecodeError::Short { len: bytes.len() });
     }
@@ -56,7 +57,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let kind = RecordKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
     Ok(match kind {
         RecordKind::Exec => {
-            // Only the used part of argv is sent: copy into a zeroed full-size record.
+            // Only the used part of argv is sent; `argv_len` (clamped to what arrived) says how
+            // much of the buffer's argv is this record's.
             if bytes.len() < EXEC_RECORD_FIXED {
                 return Err(DecodeError::Truncated {
                     kind,
@@ -64,12 +66,18 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                     need: EXEC_RECORD_FIXED,
                 });
             }
-            let mut full = vec![0u8; std::mem::size_of::<ExecRecord>()];
-            let n = bytes.len().min(full.len());
-            full[..n].copy_from_slice(&bytes[..n]);
-            let mut rec: Box<ExecRecord> = Box::new(read(&full));
-            rec.argv_len = rec.argv_len.min((n - EXEC_RECORD_FIXED) as u32);
-            Record::Exec(rec)
+            let n = bytes.len().min(std::mem::size_of::<ExecRecord>());
+            // SAFETY: `ExecRecord` is `#[repr(C)]` plain old data, valid for any bytes, and
+            // `n` is at most its size.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    exec_buf as *mut ExecRecord as *mut u8,
+                    n,
+                )
+            };
+            exec_buf.argv_len = exec_buf.argv_len.min((n - EXEC_RECORD_FIXED) as u32);
+            Record::Exec(exec_buf)
         }
         RecordKind::Fork => Record::Fork(fixed(bytes, kind)?),
         RecordKind::Exit => Record::Exit(fixed(bytes, kind)?),
@@ -77,6 +85,12 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         RecordKind::SyscallResult => Record::SyscallResult(fixed(bytes, kind)?),
         RecordKind::TcpOutcome => Record::TcpOutcome(fixed(bytes, kind)?),
     })
+}
+
+/// A zeroed exec record to decode into, allocated once per reader.
+pub fn new_exec_buffer() -> Box<ExecRecord> {
+    // SAFETY: all-zero bytes are a valid `ExecRecord` (integers and byte arrays only).
+    Box::new(unsafe { std::mem::zeroed() })
 }
 
 /// A NUL-terminated string from a fixed buffer (lossy UTF-8).
@@ -148,9 +162,31 @@ mod tests {
 
     #[test]
     fn rejects_short_and_unknown_records() {
-        assert_eq!(decode(&[0; 4]).err(), Some(DecodeError::Short { len: 4 }));
+        let mut buf = new_exec_buffer();
+        assert_eq!(
+            decode(&[0; 4], &mut buf).err(),
+            Some(DecodeError::Short { len: 4 })
+        );
         let mut bytes = [0u8; 32];
         bytes[0] = 99;
-        assert_eq!(decode(&bytes).err(), Some(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            decode(&bytes, &mut buf).err(),
+            Some(DecodeError::UnknownKind(99))
+        );
+    }
+
+    #[test]
+    fn an_exec_record_keeps_only_the_argv_that_arrived() {
+        let mut buf = new_exec_buffer();
+        let mut bytes = vec![0u8; EXEC_RECORD_FIXED + 6];
+        bytes[0] = RecordKind::Exec as u8;
+        let argv_len_at = EXEC_RECORD_FIXED - 8;
+        bytes[argv_len_at..argv_len_at + 4].copy_from_slice(&4000u32.to_ne_bytes());
+        bytes[EXEC_RECORD_FIXED..].copy_from_slice(b"ab\0cd\0");
+        let Ok(Record::Exec(rec)) = decode(&bytes, &mut buf) else {
+            panic!("an exec record")
+        };
+        assert_eq!(rec.argv_len, 6, "clamped to the bytes received");
+        assert_eq!(argv(&rec.argv, rec.argv_len, 2), ["ab", "cd"]);
     }
 }

@@ -87,6 +87,8 @@ pub struct EbpfSource {
     drops: PerCpuArray<MapData, u64>,
     cgroup_root: PathBuf,
     expiry: tokio::time::Interval,
+    /// Where exec records are decoded (reused: they are 6 KiB).
+    exec_buf: Box<sensor_common::ExecRecord>,
     /// When the last non-empty batch was handed out (see [`BATCH_INTERVAL`]).
     last_batch: Option<tokio::time::Instant>,
     translator: Translator,
@@ -159,8 +161,14 @@ impl Translator {
         }
     }
 
-    fn handle(&mut self, bytes: &[u8], now: Instant, out: &mut Vec<SensorEvent>) {
-        let record = match decode::decode(bytes) {
+    fn handle(
+        &mut self,
+        bytes: &[u8],
+        exec_buf: &mut sensor_common::ExecRecord,
+        now: Instant,
+        out: &mut Vec<SensorEvent>,
+    ) {
+        let record = match decode::decode(bytes, exec_buf) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("skipping ring buffer record: {e}");
@@ -168,7 +176,7 @@ impl Translator {
             }
         };
         match record {
-            Record::Exec(r) => out.push(SensorEvent::Exec(self.exec(&r))),
+            Record::Exec(r) => out.push(SensorEvent::Exec(self.exec(r))),
             Record::Fork(r) => out.push(SensorEvent::Fork(ForkRecord {
                 time: self.clock.wall(r.header.boot_ns),
                 child: ProcessKey {
@@ -310,6 +318,7 @@ impl EventSource for EbpfSource {
             drops,
             cgroup_root,
             expiry,
+            exec_buf: decode::new_exec_buffer(),
             last_batch: None,
             translator: Translator {
                 joiner: ConnectJoiner::new(options.connect_outcome_wait),
@@ -342,7 +351,7 @@ impl EventSource for EbpfSource {
                             drained = true;
                             break;
                         };
-                        self.translator.handle(&item, now, out);
+                        self.translator.handle(&item, &mut self.exec_buf, now, out);
                     }
                     if drained {
                         guard.clear_ready();
