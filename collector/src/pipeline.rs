@@ -191,7 +191,13 @@ impl<S: EventSource> Pipeline<S> {
                 )
             }
         };
-        let ancestry = self.table.ancestry(&process);
+        // Fork and exit events name the parent (`parent_exec_id`) but carry no ancestry:
+        // nothing scores them, consumers have it from the exec, and building and encoding
+        // every ancestor's argv was a third of the collector's cost in an exec storm.
+        let ancestry = match detail {
+            EventDetail::Exec(_) | EventDetail::Connect(_) => self.table.ancestry(&process),
+            _ => Vec::new(),
+        };
         let event = Event {
             time,
             host: self.options.host.clone(),

@@ -11,7 +11,8 @@ pub struct Event {
     pub time: Timestamp,
     pub host: String,
     pub process: Process,
-    /// Nearest parent first, up to the root of the known tree.
+    /// Nearest parent first, up to the root of the known tree. Exec and connect events carry
+    /// it; fork and exit events leave it empty (the process's `parent_exec_id` links them).
     #[serde(default)]
     pub ancestry: Vec<Ancestor>,
     #[serde(flatten)]
