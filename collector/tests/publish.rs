@@ -1,7 +1,6 @@
 //! The publisher against a real nats-server: JetStream delivery, outages at start and
 //! mid-run, spool persistence across restarts, and core NATS events and heartbeats.
-
-mod support;
+#![cfg(target_os = "linux")]
 
 use std::{path::Path, time::Duration};
 
@@ -10,8 +9,8 @@ use collector::publish::{
     NatsConfig, Publisher, PublisherConfig, PublisherStats, PublisherTask, SpoolConfig,
 };
 use futures::StreamExt;
+use osprey_tests::nats::NatsServer;
 use protocol::*;
-use support::nats::NatsServer;
 
 /// A host name that is not already a NATS token, so subjects must go through host_token.
 const HOST: &str = "test-host.example";

@@ -60,7 +60,7 @@ struct Setup {
 
 async fn setup(extra: &[&str]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(&dir.path().join("js"));
+    let nats = NatsServer::start();
     let client = nats.client().await;
     let collector = Collector::start(&client, &nats.url(), &dir.path().join("spool"), extra).await;
     Setup {

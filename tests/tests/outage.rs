@@ -14,11 +14,11 @@ const FINDINGS: usize = 25;
 async fn findings_raised_while_nats_is_down_arrive_in_order_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let mut nats = NatsServer::start(&dir.path().join("js"));
+    let mut nats = NatsServer::start();
     let client = nats.client().await;
     let collector = Collector::start(&client, &nats.url(), &spool, &[]).await;
 
-    nats.stop();
+    nats.kill();
     let mark = marker("outage");
     // Each a distinct process, so a distinct finding: a script engine with no terminal.
     for i in 0..FINDINGS {
@@ -44,7 +44,7 @@ async fn findings_raised_while_nats_is_down_arrive_in_order_exactly_once() {
         "findings must wait in the spool while NATS is down"
     );
 
-    nats.restart();
+    nats.run();
     let client = nats.client().await;
     let js = jetstream::new(client);
     let stream = eventually_stream(&js).await;

@@ -39,7 +39,7 @@ struct Env {
 impl Env {
     async fn new(tag: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let nats = NatsServer::start(&dir.path().join("js"));
+        let nats = NatsServer::start();
         let client = nats.client().await;
         Env {
             cgroup: TestCgroup::create(tag),
@@ -334,7 +334,7 @@ async fn the_actuator_refuses_what_it_must_and_audits_each_refusal() {
     refused(&r, "collector itself");
     let nats_block = Action::Block {
         cidr: "127.0.0.1/32".into(),
-        port: Some(env.nats.port),
+        port: Some(env.nats.port()),
         ttl_secs: Some(5),
     };
     refused(

@@ -23,7 +23,7 @@ struct Setup {
 
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(&dir.path().join("js"));
+    let nats = NatsServer::start();
     let client = nats.client().await;
     let collector = Collector::start(
         &client,

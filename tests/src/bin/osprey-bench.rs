@@ -113,7 +113,7 @@ impl Measured {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let nats = NatsServer::start(&dir.path().join("js"));
+    let nats = NatsServer::start();
     let client = nats.client().await;
     // A free port for the storm's own listener.
     let port = TcpListener::bind("127.0.0.1:0")

@@ -1,4 +1,0 @@
-//! Helpers shared by the collector's integration tests. Each test binary uses a subset.
-#![allow(dead_code)]
-
-pub mod nats;
