@@ -18,7 +18,7 @@ pub enum ConfigError {
     #[error("{path}: {source}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml::Error,
+        source: yaml_serde::Error,
     },
     #[error("{path}: {field}: {problem}")]
     Invalid {
@@ -275,7 +275,7 @@ impl CollectorConfig {
         let config: CollectorConfig = if text.trim().is_empty() {
             Self::default()
         } else {
-            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            yaml_serde::from_str(&text).map_err(|source| ConfigError::Parse {
                 path: path.to_path_buf(),
                 source,
             })?

@@ -86,7 +86,7 @@ impl ResponderConfig {
         let config: ResponderConfig = if text.trim().is_empty() {
             Self::default()
         } else {
-            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            yaml_serde::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         };
         for (i, net) in config.protected_networks.iter().enumerate() {
             net.parse::<ipnet::IpNet>().map_err(|e| {

@@ -87,7 +87,7 @@ impl ResponsePolicy {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read response policy {}: {e}", path.display()))?;
         let policy: ResponsePolicy =
-            serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            yaml_serde::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         for (i, r) in policy.rules.iter().enumerate() {
             if r.actions.is_empty() && !r.follow_recommendations {
                 anyhow::bail!(
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn first_matching_rule_decides_and_may_follow_recommendations() {
-        let policy: ResponsePolicy = serde_yaml::from_str(
+        let policy: ResponsePolicy = yaml_serde::from_str(
             "approval_required: [quarantine]\nrules:\n  - name: a\n    match: {rule_ids: ['osprey.host*'], min_severity: high, hosts: [web-*]}\n    actions: [kill]\n    follow_recommendations: true\n    ttl_secs: 5\n  - name: b\n    actions: [log]\n",
         )
         .unwrap();

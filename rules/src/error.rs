@@ -66,10 +66,10 @@ impl Problem {
         self
     }
 
-    /// A serde_yaml error, with its location moved from the message into the fields.
-    pub(crate) fn yaml(path: impl Into<PathBuf>, err: &serde_yaml::Error) -> Self {
+    /// A yaml_serde error, with its location moved from the message into the fields.
+    pub(crate) fn yaml(path: impl Into<PathBuf>, err: &yaml_serde::Error) -> Self {
         let mut message = err.to_string();
-        // serde_yaml appends " at line L column C"; we print the location up front instead,
+        // yaml_serde appends " at line L column C"; we print the location up front instead,
         // the way compilers do, so editors can jump to it.
         if let Some(cut) = message.find(" at line ") {
             message.truncate(cut);

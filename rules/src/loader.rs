@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use crate::{
     error::{Problem, ProblemKind},
@@ -98,7 +98,7 @@ impl Loaded {
     pub(crate) fn add_text(&mut self, path: &Path, text: &str) {
         self.files.push(path.to_path_buf());
         let mut kinds = Vec::new();
-        for doc in serde_yaml::Deserializer::from_str(text) {
+        for doc in yaml_serde::Deserializer::from_str(text) {
             match Value::deserialize(doc) {
                 Ok(value) => kinds.push(kind(&value)),
                 Err(e) => return self.problems.push(Problem::yaml(path, &e)),
@@ -127,7 +127,7 @@ impl Loaded {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for (i, (doc, kind)) in serde_yaml::Deserializer::from_str(text)
+        for (i, (doc, kind)) in yaml_serde::Deserializer::from_str(text)
             .zip(kinds)
             .enumerate()
         {
@@ -161,7 +161,7 @@ impl Loaded {
     }
 
     fn add_policy(&mut self, path: &Path, text: &str) {
-        let file: PolicyFile = match serde_yaml::from_str(text) {
+        let file: PolicyFile = match yaml_serde::from_str(text) {
             Ok(file) => file,
             Err(e) => return self.problems.push(Problem::yaml(path, &e)),
         };

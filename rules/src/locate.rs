@@ -1,5 +1,5 @@
 //! Finding the line of a rule or key in a YAML text, for errors found after parsing (a bad
-//! regex, CIDR or condition), where serde_yaml no longer knows locations.
+//! regex, CIDR or condition), where yaml_serde no longer knows locations.
 
 /// The 1-based line of the `id:` entry whose value is `rule`.
 pub(crate) fn rule_line(text: &str, rule: &str) -> Option<usize> {

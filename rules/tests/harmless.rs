@@ -82,7 +82,7 @@ fn harmless_commands_fire_at_least_twenty_corpus_rules() {
         })
         .collect();
     let text = include_str!("data/harmless_triggers.yaml");
-    let triggers: Vec<Trigger> = serde_yaml::from_str(text).expect("trigger list parses");
+    let triggers: Vec<Trigger> = yaml_serde::from_str(text).expect("trigger list parses");
 
     let mut fired = BTreeSet::new();
     let mut mismatches = Vec::new();

@@ -8,7 +8,7 @@ mod rule;
 use std::{path::Path, sync::Arc};
 
 use protocol::{Detector, Severity};
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use crate::{
     error::{Problem, ProblemKind},

@@ -1,6 +1,6 @@
 //! Detection items: `Field|modifier|...: value(s)` and the selections made of them.
 
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 use super::{fields::Category, Invalid};
 use crate::{
@@ -84,7 +84,7 @@ fn is_scalar(v: &Value) -> bool {
 
 fn items(
     name: &str,
-    map: &serde_yaml::Mapping,
+    map: &yaml_serde::Mapping,
     category: Category,
     unsupported: &mut Vec<String>,
 ) -> Result<Cond, Invalid> {

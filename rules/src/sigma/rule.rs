@@ -19,13 +19,13 @@ pub(crate) struct SigmaDoc {
     #[serde(default)]
     pub logsource: Option<LogSource>,
     #[serde(default)]
-    pub detection: Option<serde_yaml::Mapping>,
+    pub detection: Option<yaml_serde::Mapping>,
     /// Rule collections (`action: global`, `repeat`, ...): not supported.
     #[serde(default)]
     pub action: Option<String>,
     /// Correlation rules (Sigma v2): not supported.
     #[serde(default)]
-    pub correlation: Option<serde_yaml::Value>,
+    pub correlation: Option<yaml_serde::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
