@@ -20,7 +20,7 @@ pub mod subject;
 pub mod time;
 
 pub use approval::{Approval, Verdict};
-pub use audit::{AuditRecord, Decision};
+pub use audit::{Actor, AuditRecord, Decision};
 pub use codec::{decode, encode, CodecError};
 pub use command::{Action, Command, CommandResult, CommandStatus};
 pub use event::{

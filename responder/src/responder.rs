@@ -128,18 +128,20 @@ impl Responder {
         result: impl Into<String>,
         command_id: Option<String>,
     ) -> AuditRecord {
-        AuditRecord {
-            time: Timestamp::now(),
-            source: "responder".into(),
-            finding_id: Some(p.finding.id.clone()),
-            host: p.finding.host.clone(),
-            action: action_name(p.kind).into(),
-            target: p.target.clone(),
+        let mut record = AuditRecord::new(
+            "responder",
+            p.finding.host.clone(),
+            action_name(p.kind),
             decision,
-            reason: reason.into(),
-            result: result.into(),
-            command_id,
-        }
+            reason,
+            result,
+        );
+        record.finding_id = Some(p.finding.id.clone());
+        record.target = p.target.clone();
+        record.command_id = command_id;
+        record.pid = Some(p.finding.process.pid);
+        record.exe = Some(p.finding.process.exe.clone());
+        record
     }
 
     /// Handles one finding from the stream. `subject_host` is the host token of the subject
@@ -206,7 +208,7 @@ impl Responder {
             }
             if self.policy.needs_approval(kind) {
                 let id = signing::random_id();
-                let r = self.record(
+                let mut r = self.record(
                     &planned,
                     Decision::AwaitingApproval,
                     format!(
@@ -217,6 +219,7 @@ impl Responder {
                     id.clone(),
                     None,
                 );
+                r.pending_id = Some(id.clone());
                 self.audit.record(r).await;
                 self.pending.insert(
                     id,
@@ -416,23 +419,27 @@ impl Responder {
         let p = pending.planned;
         match approval.verdict {
             Verdict::Deny => {
-                let r = self.record(
+                let mut r = self.record(
                     &p,
                     Decision::Denied,
                     format!("denied by operator {}", approval.key_id),
                     "not sent",
                     None,
                 );
+                r.pending_id = Some(approval.pending_id.clone());
+                r.actor.key_id = Some(approval.key_id.clone());
                 self.audit.record(r).await;
             }
             Verdict::Approve => {
-                let r = self.record(
+                let mut r = self.record(
                     &p,
                     Decision::Approved,
                     format!("approved by operator {}", approval.key_id),
                     "ok",
                     None,
                 );
+                r.pending_id = Some(approval.pending_id.clone());
+                r.actor.key_id = Some(approval.key_id.clone());
                 self.audit.record(r).await;
                 self.count(&p);
                 self.execute(&p, format!("approved by operator {}", approval.key_id))
@@ -453,7 +460,7 @@ impl Responder {
             .collect();
         for id in expired {
             if let Some(p) = self.pending.remove(&id) {
-                let r = self.record(
+                let mut r = self.record(
                     &p.planned,
                     Decision::Denied,
                     format!(
@@ -463,6 +470,7 @@ impl Responder {
                     "not sent",
                     None,
                 );
+                r.pending_id = Some(id.clone());
                 self.audit.record(r).await;
             }
         }

@@ -243,21 +243,21 @@ impl Actuator {
         }
         for entry in due {
             let result = self.undo(&entry.what);
-            self.audit.record(&AuditRecord {
-                time: Timestamp::now(),
-                source: "actuator".into(),
-                finding_id: entry.finding_id.clone(),
-                host: self.host.clone(),
-                action: entry.what.action_name().into(),
-                target: Some(entry.what.target_text()),
-                decision: Decision::RolledBack,
-                reason: "time to live expired".into(),
-                result: match &result {
-                    Ok(()) => "ok".into(),
+            let mut record = AuditRecord::new(
+                "actuator",
+                self.host.clone(),
+                entry.what.action_name(),
+                Decision::RolledBack,
+                "time to live expired",
+                match &result {
+                    Ok(()) => "ok".to_string(),
                     Err(e) => e.clone(),
                 },
-                command_id: Some(entry.command_id.clone()),
-            });
+            );
+            record.finding_id = entry.finding_id.clone();
+            record.target = Some(entry.what.target_text());
+            record.command_id = Some(entry.command_id.clone());
+            self.audit.record(&record);
         }
         self.save();
     }
@@ -318,18 +318,23 @@ impl Actuator {
             CommandStatus::Refused => (Decision::Refused, "refused".to_string()),
             CommandStatus::Failed => (Decision::Failed, format!("error: {}", result.reason)),
         };
-        self.audit.record(&AuditRecord {
-            time: result.time,
-            source: "actuator".into(),
-            finding_id: command.and_then(|c| c.finding_id.clone()),
-            host: self.host.clone(),
-            action: action.into(),
-            target,
+        let mut record = AuditRecord::new(
+            "actuator",
+            self.host.clone(),
+            action,
             decision,
-            reason: result.reason.clone(),
-            result: res,
-            command_id: command.map(|c| c.id.clone()).filter(|id| !id.is_empty()),
-        });
+            result.reason.clone(),
+            res,
+        );
+        record.time = result.time;
+        record.target = target;
+        if let Some(c) = command {
+            record.finding_id = c.finding_id.clone();
+            record.command_id = Some(c.id.clone()).filter(|id| !id.is_empty());
+            record.actor.key_id = Some(c.key_id.clone()).filter(|k| !k.is_empty());
+            record.pid = c.action.target().map(|t| t.pid);
+        }
+        self.audit.record(&record);
     }
 
     fn handle_command(&mut self, command: &Command) -> Outcome {
