@@ -366,6 +366,7 @@ impl CollectorConfig {
             .iter()
             .map(|s| {
                 s.parse::<IpNet>()
+                    .map(protocol::net::canonical_net)
                     .map_err(|e| format!("{s:?} is not a CIDR: {e}"))
             })
             .collect()

@@ -3,6 +3,7 @@
 
 #[cfg(target_os = "linux")]
 pub mod actuator;
+pub mod cache;
 pub mod config;
 pub mod detect;
 pub mod enrich;

@@ -17,7 +17,7 @@ use collector::{
     publish::{JsonlOptions, NatsConfig, Publisher, PublisherConfig, SpoolConfig},
     source::{EventSource, PlatformSource, SourceOptions},
 };
-use protocol::{ArgvSource, BootId};
+use protocol::BootId;
 
 const DEFAULT_CONFIG: &str = "/etc/osprey/collector.yaml";
 
@@ -158,7 +158,7 @@ async fn start_actuator(
     host: &str,
     source: &mut PlatformSource,
     active_blocks: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    images: collector::process::CurrentImages,
+    images: collector::process::Images,
 ) -> anyhow::Result<
     Option<(
         tokio::sync::watch::Sender<bool>,
@@ -285,7 +285,7 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
         &host,
         &mut source,
         active_blocks.clone(),
-        table.current_images(),
+        table.images(),
     )
     .await?;
 
@@ -315,11 +315,6 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
             reconcile_interval: Duration::from_secs(
                 config.process_table.reconcile_interval_secs.max(1),
             ),
-            argv_source: if cfg!(windows) {
-                ArgvSource::Os
-            } else {
-                ArgvSource::Kernel
-            },
             memory_sample_interval: config.memory_sample_interval(),
             active_blocks,
         },

@@ -8,7 +8,7 @@ use std::{
 };
 
 use protocol::{
-    ArgvSource, ConnectEvent, Event, EventDetail, EventKind, ExecEvent, ForkEvent, Heartbeat,
+    ArgvTruncation, ConnectEvent, Event, EventDetail, EventKind, ExecEvent, ForkEvent, Heartbeat,
     MemorySampleEvent, Process, Timestamp,
 };
 use rules::SubjectKind;
@@ -21,7 +21,10 @@ use crate::{
     },
     enrich::{ContainerIds, ExeHashes, HashResult, UserNames},
     findings::Findings,
-    process::ProcessTable,
+    process::{
+        resolve::{Resolved, Resolver},
+        ProcessTable,
+    },
     publish::Publisher,
     source::{EventSource, SensorEvent, SourceError},
 };
@@ -30,8 +33,6 @@ pub struct PipelineOptions {
     pub host: String,
     pub heartbeat_interval: Duration,
     pub reconcile_interval: Duration,
-    /// How argv of exec events was captured on this platform.
-    pub argv_source: ArgvSource,
     /// Between resident-memory samples of live processes (taken only while a loaded rule
     /// looks at samples).
     pub memory_sample_interval: Duration,
@@ -43,6 +44,8 @@ pub struct Pipeline<S: EventSource> {
     options: PipelineOptions,
     source: S,
     table: ProcessTable,
+    resolver: Resolver,
+    resolved: mpsc::UnboundedReceiver<Resolved>,
     users: UserNames,
     containers: ContainerIds,
     hashes: ExeHashes,
@@ -71,12 +74,12 @@ impl<S: EventSource> Pipeline<S> {
     ) -> Result<Self, SourceError> {
         let existing = source.existing_processes()?;
         tracing::info!(processes = existing.len(), "process table bootstrapped");
-        let fallback = if options.argv_source == ArgvSource::Os {
-            ArgvSource::Os
-        } else {
-            ArgvSource::Procfs
-        };
-        table.bootstrap(existing, fallback);
+        table.bootstrap(existing);
+        let (resolver, resolved) =
+            Resolver::start(source.process_reader()).map_err(|source| SourceError::Io {
+                context: "cannot start the process reading thread".into(),
+                source,
+            })?;
         let (hashes, hash_results) = ExeHashes::start().map_err(|source| SourceError::Io {
             context: "cannot start the hashing thread".into(),
             source,
@@ -90,6 +93,8 @@ impl<S: EventSource> Pipeline<S> {
             options,
             source,
             table,
+            resolver,
+            resolved,
             users: UserNames::new("/etc/passwd"),
             containers: ContainerIds::default(),
             hashes,
@@ -129,6 +134,7 @@ impl<S: EventSource> Pipeline<S> {
                     }
                 }
                 Some(result) = self.hash_results.recv() => self.store_hash(result),
+                Some(resolved) = self.resolved.recv() => self.on_resolved(resolved),
                 _ = heartbeat.tick() => self.heartbeat(),
                 _ = reconcile.tick() => self.reconcile(),
                 _ = sample.tick() => self.request_sample(),
@@ -139,33 +145,59 @@ impl<S: EventSource> Pipeline<S> {
         Ok(())
     }
 
+    /// Takes one event from the source. A connect from a pid the table does not know waits
+    /// until the pid is read from the platform, and so do later events of that pid.
     fn handle(&mut self, event: SensorEvent) {
+        let pid = match &event {
+            SensorEvent::Exec(e) => e.process.pid,
+            SensorEvent::Exit(e) => e.process.pid,
+            SensorEvent::Connect(e) => e.pid,
+            SensorEvent::Fork(e) => {
+                if self.table.get(e.ppid).is_none() {
+                    // Its parent predates us: read it, so later ancestry resolves.
+                    self.resolver.request(e.ppid);
+                }
+                return self.process(event);
+            }
+        };
+        let unknown_source =
+            matches!(event, SensorEvent::Connect(_)) && self.table.get(pid).is_none();
+        if unknown_source || self.resolver.is_waiting(pid) {
+            match self.resolver.park(pid, event) {
+                Ok(()) => return,
+                Err(event) => return self.process(event),
+            }
+        }
+        self.process(event);
+    }
+
+    /// A pid was read from the platform: the table takes it in and the events that waited
+    /// for it go on, in order.
+    fn on_resolved(&mut self, resolved: Resolved) {
+        if let Some(record) = &resolved.record {
+            self.table.adopt(record);
+        }
+        for event in self.resolver.release(resolved.pid) {
+            self.process(event);
+        }
+    }
+
+    fn process(&mut self, event: SensorEvent) {
         let time = event.time();
         let (process, detail) = match event {
             SensorEvent::Exec(rec) => {
-                let source = if rec.argv.is_some() && self.options.argv_source != ArgvSource::Procfs
-                {
-                    self.options.argv_source
-                } else {
-                    ArgvSource::Procfs
-                };
                 let file = rec.exe_file;
-                let (process, previous_exe) = self.table.exec(&rec, source);
+                let (process, previous_exe) = self.table.exec(&rec);
                 let mut process = self.enrich(process);
                 if let Some(file) = file {
-                    process.sha256 =
-                        self.hashes
-                            .lookup(file, process.exec_id, process.pid, &process.exe);
+                    process.sha256 = self.hashes.lookup(file, process.exec_id, &process.exe);
                     if let Some(entry) = self.table.get_mut(process.pid) {
                         entry.sha256 = process.sha256.clone();
                     }
                 }
                 (process, EventDetail::Exec(ExecEvent { previous_exe }))
             }
-            SensorEvent::Fork(rec) => match self.table.fork(&rec) {
-                Some(p) => (p, EventDetail::Fork(ForkEvent {})),
-                None => return,
-            },
+            SensorEvent::Fork(rec) => (self.table.fork(&rec), EventDetail::Fork(ForkEvent {})),
             SensorEvent::Exit(rec) => match self.table.exit(rec.process) {
                 Some(p) => (p, EventDetail::Exit(rec.status)),
                 None => return,
@@ -263,10 +295,10 @@ impl<S: EventSource> Pipeline<S> {
         }
     }
 
-    /// The table's process for `pid`, enriched; an unknown pid (a race with the /proc scan)
-    /// gets a minimal entry so its events are not lost.
+    /// The table's process for `pid`, enriched. A pid the platform could not tell about
+    /// either (gone before it could be read) gets a minimal entry so its events are not lost.
     fn process_for(&mut self, pid: u32, time: Timestamp) -> Option<Process> {
-        if self.table.get(pid).is_none() {
+        if self.table.touch(pid).is_none() {
             let rec = crate::source::ExecRecord {
                 time,
                 process: crate::source::ProcessKey {
@@ -274,9 +306,10 @@ impl<S: EventSource> Pipeline<S> {
                     start_ticks: 0,
                 },
                 comm: format!("pid {pid}"),
+                argv_truncation: Some(ArgvTruncation::Unavailable),
                 ..Default::default()
             };
-            self.table.exec(&rec, ArgvSource::Procfs);
+            self.table.exec(&rec);
         }
         let process = self.table.get(pid)?.clone();
         Some(self.enrich(process))
@@ -335,6 +368,13 @@ impl<S: EventSource> Pipeline<S> {
             }
         }
         self.reported_drops = stats.drops.clone();
+        let mut pending = stats.pending;
+        pending.insert("parked_events".into(), self.resolver.parked() as u64);
+        let mut evicted = stats.evicted;
+        evicted.insert("parked_events".into(), self.resolver.overflow());
+        evicted.insert("hash_requests".into(), self.hashes.dropped());
+        evicted.insert("hash_cache".into(), self.hashes.evicted());
+        evicted.insert("container_ids".into(), self.containers.evicted());
         let publisher = self.publisher.stats();
         let table = self.table.stats();
         let total: u64 = self.events_by_kind.values().sum();
@@ -353,6 +393,9 @@ impl<S: EventSource> Pipeline<S> {
             events_per_sec: (total - self.events_at_last_heartbeat) as f64 / elapsed,
             findings: self.findings.raised(),
             drops: stats.drops,
+            drops_by_cgroup: stats.drops_by_cgroup,
+            pending,
+            evicted,
             spool_depth: publisher.spool_depth,
             spool_evicted: publisher.spool_evicted,
             process_table_size: table.size,

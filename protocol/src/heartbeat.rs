@@ -20,6 +20,17 @@ pub struct Heartbeat {
     pub findings: u64,
     /// Records the kernel could not deliver, per type, since start.
     pub drops: BTreeMap<String, u64>,
+    /// The same per cgroup v2 id of the tasks that lost them (the cgroups with most drops),
+    /// so a workload's losses can be told from the rest of the host's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops_by_cgroup: BTreeMap<u64, BTreeMap<String, u64>>,
+    /// Work in flight, by what it is (`connects` awaiting an outcome, `parked_events`
+    /// waiting for a process to be read from /proc): it drains when the host is quiet.
+    #[serde(default)]
+    pub pending: BTreeMap<String, u64>,
+    /// Entries bounded structures pushed out (or found stale) since start, by structure.
+    #[serde(default)]
+    pub evicted: BTreeMap<String, u64>,
     /// Findings waiting in the on-disk spool for NATS.
     pub spool_depth: u64,
     /// Findings evicted from a full spool (oldest first) since start.

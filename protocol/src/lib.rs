@@ -12,6 +12,7 @@ pub mod command;
 pub mod event;
 pub mod finding;
 pub mod heartbeat;
+pub mod net;
 pub mod process;
 pub mod quarantine;
 pub mod severity;
@@ -29,7 +30,9 @@ pub use event::{
 };
 pub use finding::{ActionKind, Detector, Finding, FindingId, Trigger};
 pub use heartbeat::Heartbeat;
-pub use process::{Ancestor, ArgvSource, BootId, ExecId, ExecIdParseError, Process};
+pub use process::{
+    Ancestor, ArgvSource, ArgvTruncation, BootId, ExecId, ExecIdParseError, Process,
+};
 pub use quarantine::QuarantineRecord;
 pub use severity::Severity;
 pub use time::Timestamp;

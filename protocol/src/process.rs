@@ -147,8 +147,11 @@ pub struct Process {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invoked_path: Option<String>,
     pub argv: Vec<String>,
+    /// `argv` is not the whole argument list; `argv_truncation` says why.
     #[serde(default)]
     pub argv_truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv_truncation: Option<ArgvTruncation>,
     /// Where argv came from: `kernel` (captured at exec) or `procfs` (read afterwards).
     pub argv_source: ArgvSource,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,13 +176,35 @@ pub struct Process {
     pub sha256: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArgvSource {
     Kernel,
+    /// Read from /proc after the fact (the default for what was not captured at exec).
+    #[default]
     Procfs,
     /// Windows: the command line as the OS reported it.
     Os,
+}
+
+/// Why an argv is incomplete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArgvTruncation {
+    /// Longer than the capture limit: the first bytes are kept.
+    TooLong,
+    /// The argument memory could not be read when the process started.
+    Unreadable,
+    /// The process had no argument area to read (or was gone before /proc could be read).
+    Unavailable,
+}
+
+impl Process {
+    /// Sets argv's truncation reason, keeping `argv_truncated` in step with it.
+    pub fn set_argv_truncation(&mut self, reason: Option<ArgvTruncation>) {
+        self.argv_truncation = reason;
+        self.argv_truncated = reason.is_some();
+    }
 }
 
 /// One step up the process tree, nearest parent first.
@@ -210,6 +235,7 @@ impl Process {
             invoked_path: None,
             argv,
             argv_truncated: false,
+            argv_truncation: None,
             argv_source: ArgvSource::Kernel,
             cwd: None,
             uid: 0,

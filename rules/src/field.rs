@@ -71,7 +71,7 @@ impl Value<'_> {
     pub(crate) fn ip(&self) -> Option<IpAddr> {
         match *self {
             Value::Ip(ip) => Some(ip),
-            Value::Text(text) => text.parse::<IpAddr>().ok().map(canonical),
+            Value::Text(text) => text.parse::<IpAddr>().ok().map(protocol::net::canonical_ip),
             Value::Number(_) => None,
         }
     }
@@ -159,11 +159,13 @@ impl Field {
             }
             Field::DestinationIsIpv6 => {
                 if let Some(connect) = connect {
-                    text(if canonical(connect.destination_ip).is_ipv6() {
-                        "true"
-                    } else {
-                        "false"
-                    })
+                    text(
+                        if protocol::net::canonical_ip(connect.destination_ip).is_ipv6() {
+                            "true"
+                        } else {
+                            "false"
+                        },
+                    )
                 }
             }
             Field::Protocol => {
@@ -181,7 +183,9 @@ impl Field {
             Field::ParentProcessId => f(Value::Number(u64::from(process.ppid))),
             Field::DestinationIp => {
                 if let Some(connect) = connect {
-                    f(Value::Ip(canonical(connect.destination_ip)))
+                    f(Value::Ip(protocol::net::canonical_ip(
+                        connect.destination_ip,
+                    )))
                 }
             }
             Field::DestinationPort => {
@@ -191,7 +195,7 @@ impl Field {
             }
             Field::SourceIp => {
                 if let Some(ip) = connect.and_then(|c| c.source_ip) {
-                    f(Value::Ip(canonical(ip)))
+                    f(Value::Ip(protocol::net::canonical_ip(ip)))
                 }
             }
             Field::SourcePort => {
@@ -223,12 +227,6 @@ fn join<'b>(argv: &[String], buf: &'b mut String) -> &'b str {
         buf.push_str(arg);
     }
     buf
-}
-
-/// An IPv4 peer reached through a dual-stack IPv6 socket shows up as `::ffff:a.b.c.d`; rules
-/// written for `127.0.0.1` or `10.0.0.0/8` must still see it as the IPv4 address it is.
-pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
 }
 
 /// Decimal digits of `n` at the end of `buf`, without the formatting machinery.
@@ -294,7 +292,10 @@ mod tests {
         assert_eq!(text(Value::Number(4444)), "4444");
         assert_eq!(text(Value::Number(u64::MAX)), u64::MAX.to_string());
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert_eq!(text(Value::Ip(canonical(mapped))), "127.0.0.1");
+        assert_eq!(
+            text(Value::Ip(protocol::net::canonical_ip(mapped))),
+            "127.0.0.1"
+        );
         assert_eq!(Value::Text("::ffff:10.0.0.1").ip(), "10.0.0.1".parse().ok());
         assert_eq!(Value::Text("42").number(), Some(42));
     }

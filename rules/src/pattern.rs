@@ -1,8 +1,5 @@
 //! Turning rule values into [`Pattern`]s: wildcards, case, regexes and CIDRs.
 
-use ipnet::IpNet;
-use std::net::IpAddr;
-
 use crate::ir::{LitKind, Pattern};
 
 /// Why a value cannot become a pattern.
@@ -145,20 +142,15 @@ pub(crate) fn regex(source: &str) -> Result<Pattern, ValueError> {
 /// A network in CIDR notation, or a single address.
 pub(crate) fn cidr(text: &str) -> Result<Pattern, ValueError> {
     let text = text.trim();
-    let net = match text.parse::<IpNet>() {
-        Ok(net) => net,
-        Err(_) => match text.parse::<IpAddr>() {
-            Ok(ip) => IpNet::from(ip),
-            Err(_) => {
-                return Err(ValueError::Invalid(format!(
-                    "invalid CIDR {text:?}: expected e.g. 10.0.0.0/8, fe80::/10 or 192.0.2.1"
-                )))
-            }
-        },
-    };
-    // A host part after the prefix (10.1.2.3/8) is almost certainly a typo for the network;
-    // matching on the truncated network is what the writer meant.
-    Ok(Pattern::Cidr(net.trunc()))
+    // Canonical (`::ffff:10.0.0.0/104` is 10.0.0.0/8, as events carry IPv4 peers as IPv4),
+    // and truncated: a host part after the prefix (10.1.2.3/8) is almost certainly a typo
+    // for the network, which is what the writer meant.
+    match protocol::net::parse_net(text) {
+        Some(net) => Ok(Pattern::Cidr(net)),
+        None => Err(ValueError::Invalid(format!(
+            "invalid CIDR {text:?}: expected e.g. 10.0.0.0/8, fe80::/10 or 192.0.2.1"
+        ))),
+    }
 }
 
 /// Sigma `windash`: every dash or slash that starts an option may be written as `-`, `/`,

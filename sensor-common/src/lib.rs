@@ -5,9 +5,7 @@
 //! them in `collector/src/source/ebpf/decode.rs`. Nothing but layout lives here.
 #![no_std]
 
-/// Arguments copied per exec (more are counted as truncation).
-pub const ARGV_MAX_ARGS: usize = 32;
-/// Bytes of argv (NUL-separated) kept per exec.
+/// Bytes of argv (NUL-separated, as the kernel laid them out for the new image) kept per exec.
 pub const ARGV_MAX_BYTES: usize = 4096;
 /// Bytes for the path as invoked (the exec tracepoint's `filename`).
 pub const FILENAME_MAX_BYTES: usize = 256;
@@ -57,9 +55,9 @@ pub enum DropKind {
     Exit = 2,
     Connect = 3,
     ConnectResult = 4,
-    /// argv could not be staged at `sys_enter_execve` (staging map full): the exec is still
-    /// reported, with argv from /proc.
-    ArgvStaging = 5,
+    /// A connect could not be tracked until its outcome (`CONNECT_INFLIGHT` or
+    /// `TCP_TRACKED` full): it is still reported, with outcome `pending`.
+    ConnectTracking = 5,
 }
 
 pub const DROP_KINDS: usize = 6;
@@ -71,7 +69,7 @@ impl DropKind {
         DropKind::Exit,
         DropKind::Connect,
         DropKind::ConnectResult,
-        DropKind::ArgvStaging,
+        DropKind::ConnectTracking,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,10 +79,17 @@ impl DropKind {
             DropKind::Exit => "exit",
             DropKind::Connect => "connect",
             DropKind::ConnectResult => "connect_result",
-            DropKind::ArgvStaging => "argv_staging",
+            DropKind::ConnectTracking => "connect_tracking",
         }
     }
 }
+
+/// Drops per kind of one cgroup (the value of `CGROUP_DROPS`, keyed by cgroup v2 id): which
+/// workload lost records, not only how many were lost on the host.
+pub type CgroupDrops = [u64; DROP_KINDS];
+/// Cgroups whose drops are counted one by one; drops of further cgroups are counted under
+/// cgroup id 0.
+pub const CGROUP_DROPS_MAX_ENTRIES: u32 = 1024;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -100,11 +105,36 @@ pub struct RecordHeader {
 }
 
 /// Exec flags.
-pub const EXEC_ARGV_FROM_KERNEL: u32 = 1;
-pub const EXEC_ARGV_TRUNCATED: u32 = 1 << 1;
 pub const EXEC_EXE_TRUNCATED: u32 = 1 << 2;
 pub const EXEC_CWD_TRUNCATED: u32 = 1 << 3;
 pub const EXEC_HAS_TTY: u32 = 1 << 4;
+
+/// How argv was captured: read at `sched_process_exec` from the new image's argument area
+/// (`mm->arg_start..arg_end`), which holds exactly what the kernel handed the program.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgvStatus {
+    /// The whole argument area was read.
+    Complete = 0,
+    /// The area is longer than [`ARGV_MAX_BYTES`]: the first bytes were read.
+    TooLong = 1,
+    /// Reading the area failed (user memory not readable at that moment).
+    Unreadable = 2,
+    /// The task had no argument area to read (no mm, or empty bounds).
+    Unavailable = 3,
+}
+
+impl ArgvStatus {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Complete,
+            1 => Self::TooLong,
+            2 => Self::Unreadable,
+            3 => Self::Unavailable,
+            _ => return None,
+        })
+    }
+}
 
 /// A path rebuilt from dentries: `len` bytes of NUL-terminated components, leaf first.
 #[repr(C)]
@@ -115,7 +145,7 @@ pub struct DentryPath {
     pub buf: [u8; PATH_MAX_BYTES],
 }
 
-/// `sched_process_exec`, joined with the argv staged at `sys_enter_execve(at)`.
+/// `sched_process_exec`, with argv read from the new image's argument area.
 ///
 /// Written with a variable length: only `argv_len` bytes of `argv` are sent.
 #[repr(C)]
@@ -134,6 +164,8 @@ pub struct ExecRecord {
     pub cgroup_id: u64,
     /// Device and inode of the executable (`mm->exe_file->f_inode`).
     pub exe_dev: u32,
+    /// argc as the new image's stack holds it (0 when unreadable): tells how many arguments
+    /// a cut argument area had.
     pub argc: u32,
     pub exe_ino: u64,
     pub comm: [u8; 16],
@@ -142,26 +174,13 @@ pub struct ExecRecord {
     pub exe: DentryPath,
     pub cwd: DentryPath,
     pub argv_len: u32,
-    pub _pad: u32,
+    /// An [`ArgvStatus`].
+    pub argv_status: u32,
     pub argv: [u8; ARGV_MAX_BYTES],
 }
 
 /// Bytes of an [`ExecRecord`] before `argv`.
 pub const EXEC_RECORD_FIXED: usize = core::mem::size_of::<ExecRecord>() - ARGV_MAX_BYTES;
-
-/// argv staged per thread between `sys_enter_execve` and `sched_process_exec`.
-///
-/// The buffer is twice [`ARGV_MAX_BYTES`] so the verifier can prove every bounded string read
-/// at an offset below `ARGV_MAX_BYTES` stays inside it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ArgvStage {
-    pub len: u32,
-    pub argc: u32,
-    pub truncated: u32,
-    pub _pad: u32,
-    pub buf: [u8; ARGV_MAX_BYTES * 2],
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -208,12 +227,22 @@ pub struct ConnectAttemptRecord {
     pub addr: [u8; 16],
 }
 
-/// The return value of the connect/sendto/sendmsg syscall that carried an attempt.
+/// Which syscall a [`SyscallResultRecord`] is the return of.
+pub const SYSCALL_CONNECT: u32 = 1;
+pub const SYSCALL_SENDTO: u32 = 2;
+pub const SYSCALL_SENDMSG: u32 = 3;
+/// `sendmmsg`: one syscall, one attempt per message; returns how many messages went out.
+pub const SYSCALL_SENDMMSG: u32 = 4;
+
+/// The return value of the connect/sendto/sendmsg/sendmmsg syscall that carried attempts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallResultRecord {
     pub header: RecordHeader,
     pub ret: i64,
+    /// `SYSCALL_*`.
+    pub syscall: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -238,7 +267,26 @@ pub struct TcpOutcomeRecord {
 pub struct TrackedSock {
     pub reset: u32,
     pub _pad: u32,
+    /// When the connect started (`bpf_ktime_get_boot_ns`): entries whose socket never left
+    /// SYN_SENT through a traced transition are swept by age.
+    pub since_ns: u64,
 }
+
+/// Value of `CONNECT_INFLIGHT` (keyed by thread id): a connect/sendto/sendmsg whose attempt
+/// was reported and whose syscall has not returned yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InflightConnect {
+    /// The socket of a TCP connect (0 otherwise): a connect that fails before the socket
+    /// reaches SYN_SENT untracks it.
+    pub sock: u64,
+    pub since_ns: u64,
+}
+
+/// Tracking entries (`CONNECT_INFLIGHT`, `TCP_TRACKED`): a full map refuses new entries,
+/// which is counted as [`DropKind::ConnectTracking`], never silently evicts.
+pub const CONNECT_INFLIGHT_MAX_ENTRIES: u32 = 16384;
+pub const TCP_TRACKED_MAX_ENTRIES: u32 = 65536;
 
 /// Field offsets the programs read through `bpf_probe_read_kernel`, resolved from
 /// `/sys/kernel/btf/vmlinux` (and tracefs `format` files) at load time and handed over as the
@@ -257,6 +305,10 @@ pub struct KernelOffsets {
     pub task_fs: u32,
     pub task_cred: u32,
     pub task_loginuid: u32,
+    // mm_struct argument area and stack (argv of the new image)
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub mm_start_stack: u32,
     // signal_struct / tty_struct
     pub signal_tty: u32,
     pub tty_name: u32,
@@ -285,9 +337,6 @@ pub struct KernelOffsets {
     pub sock_sk_err: u32,
     // tracepoint record offsets (from tracefs format files)
     pub tp_exec_filename: u32,
-    pub tp_exec_old_pid: u32,
-    pub tp_execve_argv: u32,
-    pub tp_execveat_argv: u32,
     pub tp_exit_group_dead: u32,
     pub tp_sys_exit_ret: u32,
     pub tp_sk_state_skaddr: u32,
@@ -299,7 +348,6 @@ pub struct KernelOffsets {
     pub tp_sk_state_saddr_v6: u32,
     pub tp_sk_state_family: u32,
     pub tp_reset_skaddr: u32,
-    pub _pad: u32,
 }
 
 /// Destination blocks (the cgroup connect/sendmsg hooks). Every address is kept as IPv6,
@@ -331,5 +379,6 @@ mod pod {
     // SAFETY: plain-old-data `#[repr(C)]` structs with no padding-dependent invariants.
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for TrackedSock {}
+    unsafe impl aya::Pod for InflightConnect {}
     unsafe impl aya::Pod for FileKey {}
 }

@@ -17,6 +17,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_fs: 0,
     task_cred: 0,
     task_loginuid: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    mm_start_stack: 0,
     signal_tty: 0,
     tty_name: 0,
     cred_euid: 0,
@@ -38,9 +41,6 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     vfsmount_mnt_root: 0,
     sock_sk_err: 0,
     tp_exec_filename: 0,
-    tp_exec_old_pid: 0,
-    tp_execve_argv: 0,
-    tp_execveat_argv: 0,
     tp_exit_group_dead: 0,
     tp_sys_exit_ret: 0,
     tp_sk_state_skaddr: 0,
@@ -52,7 +52,6 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     tp_sk_state_saddr_v6: 0,
     tp_sk_state_family: 0,
     tp_reset_skaddr: 0,
-    _pad: 0,
 };
 
 /// The collector's own pid: its activity is not reported.

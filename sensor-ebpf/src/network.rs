@@ -162,50 +162,73 @@ fn observe(ctx: &SockAddrContext, family: u16, hook: u8) -> i32 {
             addr,
         });
         entry.submit(0);
-        if blocked {
-            // The syscall's EPERM is reported too: the outcome becomes `denied`.
-            let _ = CONNECT_INFLIGHT.insert(&tid, &1, 0);
-            return verdict;
+        let now = gen::bpf_ktime_get_boot_ns();
+        // A blocked connect never reaches SYN_SENT: only its syscall's EPERM is awaited.
+        let tracked_sock = if !blocked && hook == HOOK_CONNECT && sock_type == SOCK_STREAM {
+            let tracked = TrackedSock {
+                reset: 0,
+                _pad: 0,
+                since_ns: now,
+            };
+            if TCP_TRACKED.insert(&sock, &tracked, 0).is_err() {
+                maps::count_drop(DropKind::ConnectTracking);
+            }
+            sock
+        } else {
+            0
+        };
+        // The syscall's return value completes the attempt (EPERM of a block: `denied`).
+        let inflight = InflightConnect {
+            sock: tracked_sock,
+            since_ns: now,
+        };
+        if CONNECT_INFLIGHT.insert(&tid, &inflight, 0).is_err() {
+            maps::count_drop(DropKind::ConnectTracking);
         }
-
-        if hook == HOOK_CONNECT && sock_type == SOCK_STREAM {
-            let _ = TCP_TRACKED.insert(&sock, &TrackedSock { reset: 0, _pad: 0 }, 0);
-        }
-        let _ = CONNECT_INFLIGHT.insert(&tid, &1, 0);
+        verdict
     }
-    ALLOW
 }
 
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    syscall_result(&ctx)
+    syscall_result(&ctx, SYSCALL_CONNECT)
 }
 
 #[tracepoint]
 pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    syscall_result(&ctx)
+    syscall_result(&ctx, SYSCALL_SENDTO)
 }
 
 #[tracepoint]
 pub fn sys_exit_sendmsg(ctx: TracePointContext) -> u32 {
-    syscall_result(&ctx)
+    syscall_result(&ctx, SYSCALL_SENDMSG)
 }
 
 #[tracepoint]
 pub fn sys_exit_sendmmsg(ctx: TracePointContext) -> u32 {
-    syscall_result(&ctx)
+    syscall_result(&ctx, SYSCALL_SENDMMSG)
 }
+
+/// `connect()` returns this while a non-blocking TCP connect goes on.
+const EINPROGRESS: i64 = 115;
 
 /// Reports the return value of a syscall whose attempt was reported by this thread.
 #[inline(always)]
-fn syscall_result(ctx: &TracePointContext) -> u32 {
+fn syscall_result(ctx: &TracePointContext, syscall: u32) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    if CONNECT_INFLIGHT.get_ptr(&tid).is_none() {
+    let Some(inflight) = CONNECT_INFLIGHT.get_ptr(&tid) else {
         return 0;
-    }
+    };
+    // SAFETY: a value pointer the map just returned.
+    let sock = unsafe { (*inflight).sock };
     let _ = CONNECT_INFLIGHT.remove(&tid);
     let ret: i64 = unsafe { ctx.read_at(offset!(tp_sys_exit_ret)).unwrap_or(0) };
+    if sock != 0 && ret < 0 && ret != -EINPROGRESS {
+        // Failed before the socket reached SYN_SENT (no route, no buffer, a signal): no
+        // state change will ever untrack it.
+        let _ = TCP_TRACKED.remove(&sock);
+    }
     let rec = SyscallResultRecord {
         header: RecordHeader {
             kind: RecordKind::SyscallResult as u32,
@@ -215,6 +238,8 @@ fn syscall_result(ctx: &TracePointContext) -> u32 {
             boot_ns: unsafe { gen::bpf_ktime_get_boot_ns() },
         },
         ret,
+        syscall,
+        _pad: 0,
     };
     maps::emit(&rec, DropKind::ConnectResult);
     0

@@ -1,4 +1,4 @@
-//! Process lifecycle: exec (with argv captured at syscall entry), fork, exit.
+//! Process lifecycle: exec (with argv as the new image received it), fork, exit.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, gen},
@@ -11,7 +11,7 @@ use sensor_common::*;
 
 use crate::{
     kernel::{self, current_task, is_collector, offset, read, read_dentry_path, read_ptr},
-    maps::{self, ARGV_SCRATCH, ARGV_STAGE, EXEC_SCRATCH, KILL_ON_EXEC},
+    maps::{self, EXEC_SCRATCH, KILL_ON_EXEC},
 };
 
 #[inline(always)]
@@ -23,90 +23,6 @@ fn header(kind: RecordKind) -> RecordHeader {
         pid: (pid_tgid >> 32) as u32,
         _pad: 0,
         boot_ns: unsafe { gen::bpf_ktime_get_boot_ns() },
-    }
-}
-
-#[tracepoint]
-pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    stage_argv(&ctx, offset!(tp_execve_argv));
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    stage_argv(&ctx, offset!(tp_execveat_argv));
-    0
-}
-
-/// Copies argv out of the caller's memory now: once the exec succeeds the old image (and
-/// with it the pointers) is gone, and the new program may overwrite its own argv at once.
-#[inline(always)]
-fn stage_argv(ctx: &TracePointContext, argv_offset: usize) {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(stage) = ARGV_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    unsafe {
-        let argv: u64 = match ctx.read_at::<u64>(argv_offset) {
-            Ok(p) => p,
-            Err(_) => return,
-        };
-        let argv = argv as *const u64;
-        let buf = (*stage).buf.as_mut_ptr();
-        let mut len: u32 = 0;
-        let mut argc: u32 = 0;
-        let mut truncated: u32 = 0;
-        for i in 0..ARGV_MAX_ARGS {
-            let mut arg: u64 = 0;
-            if gen::bpf_probe_read_user(
-                &mut arg as *mut u64 as *mut c_void,
-                8,
-                argv.add(i) as *const c_void,
-            ) != 0
-                || arg == 0
-            {
-                break;
-            }
-            if len >= ARGV_MAX_BYTES as u32 {
-                truncated = 1;
-                break;
-            }
-            // black_box: keep the mask the verifier needs, which LLVM would drop as redundant.
-            let at = (core::hint::black_box(len) & (ARGV_MAX_BYTES as u32 - 1)) as usize;
-            let n = gen::bpf_probe_read_user_str(
-                buf.add(at) as *mut c_void,
-                ARGV_MAX_BYTES as u32,
-                arg as *const c_void,
-            );
-            if n <= 0 {
-                break;
-            }
-            len += n as u32;
-            argc += 1;
-        }
-        if argc as usize == ARGV_MAX_ARGS {
-            // More arguments than we copy?
-            let mut arg: u64 = 0;
-            if gen::bpf_probe_read_user(
-                &mut arg as *mut u64 as *mut c_void,
-                8,
-                argv.add(ARGV_MAX_ARGS) as *const c_void,
-            ) == 0
-                && arg != 0
-            {
-                truncated = 1;
-            }
-        }
-        if len > ARGV_MAX_BYTES as u32 {
-            len = ARGV_MAX_BYTES as u32;
-            truncated = 1;
-        }
-        (*stage).len = len;
-        (*stage).argc = argc;
-        (*stage).truncated = truncated;
-        if ARGV_STAGE.insert(&tid, &*stage, 0).is_err() {
-            maps::count_drop(DropKind::ArgvStaging);
-        }
     }
 }
 
@@ -198,29 +114,13 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
             flags |= EXEC_CWD_TRUNCATED;
         }
 
-        // argv staged by the thread that called execve (old_pid: before de_thread).
-        let old_pid = ctx
-            .read_at::<u32>(offset!(tp_exec_old_pid))
-            .unwrap_or(hdr.tid);
-        let mut argv_len: u32 = 0;
-        (*rec).argc = 0;
-        if let Some(stage) = ARGV_STAGE.get_ptr(&old_pid) {
-            argv_len = (*stage).len;
-            if argv_len > ARGV_MAX_BYTES as u32 {
-                argv_len = ARGV_MAX_BYTES as u32;
-            }
-            gen::bpf_probe_read_kernel(
-                (*rec).argv.as_mut_ptr() as *mut c_void,
-                ARGV_MAX_BYTES as u32,
-                (*stage).buf.as_ptr() as *const c_void,
-            );
-            (*rec).argc = (*stage).argc;
-            flags |= EXEC_ARGV_FROM_KERNEL;
-            if (*stage).truncated != 0 {
-                flags |= EXEC_ARGV_TRUNCATED;
-            }
-            let _ = ARGV_STAGE.remove(&old_pid);
-        }
+        // argv as the new image received it: the kernel copied the strings into the
+        // argument area of the new stack before this tracepoint, so neither the caller's
+        // threads nor the new program can have changed them, whatever pages the caller's
+        // pointers lived on and whichever syscall (execve, execveat, 32-bit) was used.
+        let (argv_len, status, argc) = read_argv(mm, (*rec).argv.as_mut_ptr());
+        (*rec).argc = argc;
+        (*rec).argv_status = status as u32;
         (*rec).argv_len = argv_len;
         (*rec).flags = flags;
 
@@ -234,6 +134,52 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
         maps::emit_bytes(bytes, DropKind::Exec);
     }
     Some(())
+}
+
+/// Copies the argument area of `mm` (at most [`ARGV_MAX_BYTES`]) into `out`. Returns the
+/// bytes copied, how complete they are, and argc from the top of the new stack.
+#[inline(always)]
+unsafe fn read_argv(mm: *const u8, out: *mut u8) -> (u32, ArgvStatus, u32) {
+    if mm.is_null() {
+        return (0, ArgvStatus::Unavailable, 0);
+    }
+    // argc sits at the top of the new stack (`mm->start_stack`), below argv's pointers.
+    let mut argc: u64 = 0;
+    let stack = read::<u64>(mm, offset!(mm_start_stack));
+    if gen::bpf_probe_read_user(
+        &mut argc as *mut u64 as *mut c_void,
+        8,
+        stack as *const c_void,
+    ) != 0
+    {
+        argc = 0;
+    }
+    let argc = if argc > u32::MAX as u64 {
+        0
+    } else {
+        argc as u32
+    };
+    let start = read::<u64>(mm, offset!(mm_arg_start));
+    let end = read::<u64>(mm, offset!(mm_arg_end));
+    if start == 0 || end <= start {
+        return (0, ArgvStatus::Unavailable, argc);
+    }
+    let (len, status) = if end - start > ARGV_MAX_BYTES as u64 {
+        (ARGV_MAX_BYTES as u32, ArgvStatus::TooLong)
+    } else {
+        ((end - start) as u32, ArgvStatus::Complete)
+    };
+    // black_box + mask: a bound the verifier can see on the size it is handed.
+    let len = core::hint::black_box(len) & (2 * ARGV_MAX_BYTES as u32 - 1);
+    let len = if len > ARGV_MAX_BYTES as u32 {
+        ARGV_MAX_BYTES as u32
+    } else {
+        len
+    };
+    if gen::bpf_probe_read_user(out as *mut c_void, len, start as *const c_void) != 0 {
+        return (0, ArgvStatus::Unreadable, argc);
+    }
+    (len, status, argc)
 }
 
 /// `sched_process_fork` as a raw tracepoint: its arguments are the parent and child tasks,

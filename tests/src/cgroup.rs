@@ -32,6 +32,15 @@ impl TestCgroup {
         TestCgroup { path, root }
     }
 
+    /// The cgroup's id, as the kernel reports it for tasks inside (`bpf_get_current_cgroup_id`):
+    /// the inode number of its directory.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path)
+            .expect("the test cgroup exists")
+            .ino()
+    }
+
     /// Makes `cmd`'s process start inside this cgroup.
     pub fn enter<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         let procs = self.path.join("cgroup.procs");

@@ -188,6 +188,14 @@ impl Collector {
             .collect()
     }
 
+    /// Records of `kind` (`exec`, `fork`, ...) the kernel dropped for tasks of cgroup
+    /// `cgroup`, as the last heartbeat reports them.
+    pub fn cgroup_drops(&self, cgroup: u64, kind: &str) -> u64 {
+        self.last_heartbeat()
+            .and_then(|h| h.drops_by_cgroup.get(&cgroup)?.get(kind).copied())
+            .unwrap_or(0)
+    }
+
     pub fn last_heartbeat(&self) -> Option<Heartbeat> {
         self.received.lock().unwrap().heartbeats.last().cloned()
     }

@@ -36,7 +36,7 @@ use self::{
     safety::Protected,
     state::{Enforced, Entry, State, StateFile},
 };
-use crate::{config::ActuatorSection, process::CurrentImages};
+use crate::{config::ActuatorSection, process::Images};
 
 /// The kernel side of blocks and kill-on-exec (the eBPF source's maps).
 pub trait Enforcement: Send + 'static {
@@ -56,7 +56,7 @@ pub struct ActuatorOptions {
     /// Updated with the number of active blocks and kill-on-exec entries (for heartbeats).
     pub active_blocks: Arc<AtomicU64>,
     /// The process table's view of which image each pid runs (ExecId checks).
-    pub images: CurrentImages,
+    pub images: Images,
 }
 
 /// What handling one command produced.
@@ -103,7 +103,7 @@ pub struct Actuator {
     /// Accepted actions per kind in the last hour.
     recent: HashMap<&'static str, VecDeque<Instant>>,
     active_blocks: Arc<AtomicU64>,
-    images: CurrentImages,
+    images: Images,
 }
 
 impl Actuator {

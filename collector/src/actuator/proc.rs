@@ -9,22 +9,32 @@ use std::{
 
 use protocol::{BootId, ExecId};
 
-use crate::{process::CurrentImages, source::ebpf::procfs};
+use crate::{process::Images, source::ebpf::procfs};
 
 /// Refuses unless `target` names the image that holds its pid right now: same boot, same
 /// start time (pid reuse always changes it, and /proc shows it) and same exec sequence number
 /// (which only the process table knows: a process that exec'd since runs another image).
-pub fn check_identity(target: &ExecId, boot: BootId, images: &CurrentImages) -> Result<(), String> {
+pub fn check_identity(target: &ExecId, boot: BootId, images: &Images) -> Result<(), String> {
     if target.boot != boot {
         return Err(format!("stale ExecId {target}: it is from another boot"));
     }
-    if let Some(current) = images.get(target.pid) {
-        if current.same_process(target) && current.seq != target.seq {
-            return Err(format!(
-                "stale ExecId {target}: process {} has exec'd since and now runs {current}",
-                target.pid
-            ));
-        }
+    let Some(current) = images.get(target.pid).map(|i| i.exec_id) else {
+        return Err(format!(
+            "unknown ExecId {target}: pid {} is not a live process in this host's process table",
+            target.pid
+        ));
+    };
+    if !current.same_process(target) {
+        return Err(format!(
+            "stale ExecId {target}: pid {} now belongs to another process ({current})",
+            target.pid
+        ));
+    }
+    if current.seq != target.seq {
+        return Err(format!(
+            "stale ExecId {target}: process {} has exec'd since and now runs {current}",
+            target.pid
+        ));
     }
     match procfs::read_stat(target.pid) {
         None => Err(format!(
@@ -74,11 +84,7 @@ impl PidFd {
 
 /// Opens a pidfd for `target` after checking its identity, and checks again afterwards, so
 /// the pidfd is known to refer to the checked process.
-pub fn open_checked(
-    target: &ExecId,
-    boot: BootId,
-    images: &CurrentImages,
-) -> Result<PidFd, String> {
+pub fn open_checked(target: &ExecId, boot: BootId, images: &Images) -> Result<PidFd, String> {
     check_identity(target, boot, images)?;
     let fd = PidFd::open(target.pid)
         .map_err(|e| format!("cannot open a pidfd for {}: {e}", target.pid))?;
@@ -101,7 +107,6 @@ mod identity_tests {
         process::ProcessTable,
         source::{ExecRecord, ProcessKey},
     };
-    use protocol::ArgvSource;
 
     #[test]
     fn an_exec_since_makes_an_exec_id_stale() {
@@ -117,9 +122,9 @@ mod identity_tests {
             comm: "test".into(),
             ..Default::default()
         };
-        let (before, _) = table.exec(&rec, ArgvSource::Kernel);
-        let (now, _) = table.exec(&rec, ArgvSource::Kernel);
-        let images = table.current_images();
+        let (before, _) = table.exec(&rec);
+        let (now, _) = table.exec(&rec);
+        let images = table.images();
         let err = check_identity(&before.exec_id, boot, &images).unwrap_err();
         assert!(err.contains("exec'd since"), "{err}");
         assert!(check_identity(&now.exec_id, boot, &images).is_ok());

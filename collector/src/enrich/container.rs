@@ -1,14 +1,29 @@
 //! Container id from a process's cgroup path (docker, containerd, CRI-O, podman), cached by
 //! cgroup id so only the first process of each cgroup costs a /proc read.
 
-use std::collections::HashMap;
+use crate::cache::CountedLru;
 
-#[derive(Default)]
+/// Cgroups remembered (containers come and go: the least recently seen are forgotten).
+const CAPACITY: usize = 8192;
+
 pub struct ContainerIds {
-    by_cgroup: HashMap<u64, Option<String>>,
+    by_cgroup: CountedLru<u64, Option<String>>,
+}
+
+impl Default for ContainerIds {
+    fn default() -> Self {
+        ContainerIds {
+            by_cgroup: CountedLru::new(CAPACITY),
+        }
+    }
 }
 
 impl ContainerIds {
+    /// Cgroups forgotten to make room, since start.
+    pub fn evicted(&self) -> u64 {
+        self.by_cgroup.evicted()
+    }
+
     pub fn lookup(&mut self, cgroup_id: u64, pid: u32) -> Option<String> {
         if let Some(known) = self.by_cgroup.get(&cgroup_id) {
             return known.clone();

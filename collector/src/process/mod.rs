@@ -3,4 +3,8 @@
 
 mod table;
 
-pub use table::{CurrentImages, ProcessTable, TableStats};
+mod images;
+pub mod resolve;
+
+pub use images::{Image, Images};
+pub use table::{ProcessTable, TableStats};

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::{ConnectHook, Outcome, Timestamp};
+use protocol::{ArgvSource, ArgvTruncation, ConnectHook, Outcome, Timestamp};
 use sensor_etw::{
     snapshot, CommandLineJoin, Connection, Direction, EtwError, EtwRecord, EtwSessions,
     ProcessInfo, ProcessStart, ProcessStop, SessionConfig, Sink, NO_UNIX_ID,
@@ -18,8 +18,8 @@ use sensor_etw::{
 use tokio::sync::mpsc;
 
 use super::{
-    ConnectRecord, EventSource, ExecRecord, ExitRecord, ProcessKey, SensorEvent, SourceError,
-    SourceOptions, SourceStats,
+    ConnectRecord, EventSource, ExecRecord, ExitRecord, ProcessKey, ProcessReader, SensorEvent,
+    SourceError, SourceOptions, SourceStats,
 };
 
 /// Records in flight between the ETW threads and the pipeline. When full, the ETW threads
@@ -56,7 +56,22 @@ fn source_error(err: EtwError) -> SourceError {
     }
 }
 
+/// Reads one process from a process snapshot (Windows has no per-pid /proc).
+pub struct SnapshotReader;
+
+impl ProcessReader for SnapshotReader {
+    fn read(&self, pid: u32) -> Option<ExecRecord> {
+        snapshot::processes()
+            .ok()?
+            .into_iter()
+            .find(|p| p.pid == pid)
+            .map(existing_exec)
+    }
+}
+
 impl EventSource for EtwSource {
+    type Reader = SnapshotReader;
+
     fn start(options: &SourceOptions) -> Result<Self, SourceError> {
         let config = SessionConfig::default().with_budget_bytes(options.buffer_bytes);
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -137,8 +152,8 @@ impl EventSource for EtwSource {
             stats.drops.insert(name.to_string(), count);
         }
         let join = self.join.stats();
-        // Like the Linux source's `argv_staging`: the start is still reported, with argv from
-        // the live process when it could still be read.
+        // The start is still reported, with argv from the live process when it could still
+        // be read (else empty, marked `unavailable`).
         stats.drops.insert("argv_missing".to_string(), join.missing);
         stats
             .drops
@@ -152,6 +167,10 @@ impl EventSource for EtwSource {
     fn existing_processes(&mut self) -> Result<Vec<ExecRecord>, SourceError> {
         let processes = snapshot::processes().map_err(source_error)?;
         Ok(processes.into_iter().map(existing_exec).collect())
+    }
+
+    fn process_reader(&self) -> SnapshotReader {
+        SnapshotReader
     }
 
     fn live_processes(&mut self) -> Result<Vec<ProcessKey>, SourceError> {
@@ -212,8 +231,9 @@ fn exec_record(start: ProcessStart) -> ExecRecord {
         invoked_path: None,
         exe: start.exe,
         comm: start.comm,
-        argv: start.argv,
-        argv_truncated: false,
+        argv_truncation: start.argv.is_none().then_some(ArgvTruncation::Unavailable),
+        argv: start.argv.unwrap_or_default(),
+        argv_source: ArgvSource::Os,
         cwd: None,
         tty,
         cgroup_id: 0,
@@ -241,7 +261,7 @@ fn connect_record(connection: Connection) -> ConnectRecord {
         pid: connection.pid,
         family: connection.family,
         protocol: connection.protocol,
-        destination_ip: connection.destination_ip,
+        destination_ip: protocol::net::canonical_ip(connection.destination_ip),
         destination_port: connection.destination_port,
         source_ip: Some(connection.source_ip),
         source_port: Some(connection.source_port),
@@ -278,8 +298,9 @@ fn existing_exec(info: ProcessInfo) -> ExecRecord {
         invoked_path: None,
         exe: info.exe,
         comm: info.name,
-        argv,
-        argv_truncated: false,
+        argv_truncation: argv.is_none().then_some(ArgvTruncation::Unavailable),
+        argv: argv.unwrap_or_default(),
+        argv_source: ArgvSource::Os,
         cwd: None,
         tty,
         cgroup_id: 0,
@@ -377,8 +398,9 @@ mod tests {
             invoked_path: None,
             exe: Some(r"C:\Windows\System32\cmd.exe".to_string()),
             comm: "cmd.exe".to_string(),
-            argv: Some(vec!["cmd.exe".into(), "/c".into(), "echo hi".into()]),
-            argv_truncated: false,
+            argv: vec!["cmd.exe".into(), "/c".into(), "echo hi".into()],
+            argv_truncation: None,
+            argv_source: ArgvSource::Os,
             cwd: None,
             tty: Some("session1".to_string()),
             cgroup_id: 0,
@@ -485,7 +507,7 @@ mod tests {
         );
         assert_eq!(rec.ppid, Some(4));
         assert_eq!(rec.tty, None, "session 0 has no terminal");
-        assert_eq!(rec.argv.as_ref().map(Vec::len), Some(3));
+        assert_eq!(rec.argv.len(), 3);
         assert_eq!(rec.uid, NO_UNIX_ID);
     }
 }

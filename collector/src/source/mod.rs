@@ -6,7 +6,10 @@
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
-use protocol::{ConnectHook, ExitEvent, Outcome, SocketFamily, Timestamp, TransportProtocol};
+use protocol::{
+    ArgvSource, ArgvTruncation, ConnectHook, ExitEvent, Outcome, SocketFamily, Timestamp,
+    TransportProtocol,
+};
 
 #[cfg(target_os = "linux")]
 pub mod ebpf;
@@ -63,9 +66,11 @@ pub struct ExecRecord {
     pub exe: Option<String>,
     /// `comm` / image base name, for when paths are missing.
     pub comm: String,
-    /// `None` when the kernel could not capture argv (the table falls back to /proc).
-    pub argv: Option<Vec<String>>,
-    pub argv_truncated: bool,
+    pub argv: Vec<String>,
+    /// Why `argv` is incomplete, if it is.
+    pub argv_truncation: Option<ArgvTruncation>,
+    /// Where `argv` came from.
+    pub argv_source: ArgvSource,
     pub cwd: Option<String>,
     pub tty: Option<String>,
     pub cgroup_id: u64,
@@ -117,7 +122,17 @@ pub struct ConnectRecord {
 pub struct SourceStats {
     /// Records the kernel (or ETW) could not deliver, per type name, since start.
     pub drops: BTreeMap<String, u64>,
+    /// The same per cgroup v2 id of the tasks that lost them (Linux), the cgroups with most
+    /// drops only (see [`MAX_CGROUPS_REPORTED`]).
+    pub drops_by_cgroup: BTreeMap<u64, BTreeMap<String, u64>>,
+    /// Work in flight, by what it is (e.g. `connects` awaiting an outcome).
+    pub pending: BTreeMap<String, u64>,
+    /// Entries bounded structures had to push out (or found stale) since start, by structure.
+    pub evicted: BTreeMap<String, u64>,
 }
+
+/// Cgroups whose drops a heartbeat lists.
+pub const MAX_CGROUPS_REPORTED: usize = 32;
 
 /// How a source is set up.
 #[derive(Clone, Debug)]
@@ -130,9 +145,17 @@ pub struct SourceOptions {
     pub cgroup_root: Option<PathBuf>,
 }
 
+/// Reads one process from the platform after the fact, shaped like an exec record (argv,
+/// parent, exe as the OS shows them now); `None` when it is gone. Runs on a worker thread.
+pub trait ProcessReader: Send + 'static {
+    fn read(&self, pid: u32) -> Option<ExecRecord>;
+}
+
 /// A running source of [`SensorEvent`]s.
 #[allow(async_fn_in_trait)]
 pub trait EventSource: Sized {
+    type Reader: ProcessReader;
+
     /// Attaches every probe. Once this returns, every new event is captured, so a scan of the
     /// existing processes afterwards leaves no gap.
     fn start(options: &SourceOptions) -> Result<Self, SourceError>;
@@ -146,6 +169,9 @@ pub trait EventSource: Sized {
     /// Processes that predate the sensor, as exec records (argv, parent, exe as the OS shows
     /// them now). Called once, after [`EventSource::start`].
     fn existing_processes(&mut self) -> Result<Vec<ExecRecord>, SourceError>;
+
+    /// A reader for single processes the table learns of late (see [`ProcessReader`]).
+    fn process_reader(&self) -> Self::Reader;
 
     /// The processes alive right now: the table reconciles against this periodically, so
     /// exits the source missed do not leak entries.

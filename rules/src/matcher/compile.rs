@@ -221,7 +221,7 @@ fn field_index(field: Field, patterns: &[(u32, &Pattern)]) -> Result<FieldIndex,
             if let Ok(ip) = text.parse::<std::net::IpAddr>() {
                 index
                     .cidrs
-                    .push((IpNet::from(crate::field::canonical(ip)), atom));
+                    .push((IpNet::from(protocol::net::canonical_ip(ip)), atom));
                 continue;
             }
         }

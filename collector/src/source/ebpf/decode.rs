@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use protocol::ArgvTruncation;
 use sensor_common::*;
 
 /// A record from the ring buffer, copied out of it (an exec record into a reused buffer: at
@@ -99,13 +100,32 @@ pub fn c_str(buf: &[u8]) -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// argv as NUL-separated strings.
-pub fn argv(buf: &[u8], len: u32, argc: u32) -> Vec<String> {
-    let used = &buf[..(len as usize).min(buf.len())];
-    used.split(|&b| b == 0)
-        .take(argc as usize)
+/// At most `max` NUL-terminated strings (the last one may lack its NUL when the area was
+/// cut); an empty area is no arguments at all.
+pub fn split_argv(area: &[u8], max: usize) -> Vec<String> {
+    if area.is_empty() {
+        return Vec::new();
+    }
+    area.strip_suffix(&[0])
+        .unwrap_or(area)
+        .split(|&b| b == 0)
+        .take(max)
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect()
+}
+
+/// argv of an exec record and why it is incomplete, if it is. The argument area holds
+/// exactly the strings the new image received.
+pub fn exec_argv(rec: &ExecRecord) -> (Vec<String>, Option<ArgvTruncation>) {
+    let used = &rec.argv[..(rec.argv_len as usize).min(rec.argv.len())];
+    let argv = split_argv(used, usize::MAX);
+    let truncation = match ArgvStatus::from_u32(rec.argv_status) {
+        Some(ArgvStatus::Complete) => None,
+        Some(ArgvStatus::TooLong) => Some(ArgvTruncation::TooLong),
+        Some(ArgvStatus::Unreadable) => Some(ArgvTruncation::Unreadable),
+        Some(ArgvStatus::Unavailable) | None => Some(ArgvTruncation::Unavailable),
+    };
+    (argv, truncation)
 }
 
 /// A path rebuilt in the kernel: components leaf first, NUL-terminated.
@@ -125,11 +145,12 @@ pub fn dentry_path(path: &DentryPath) -> Option<String> {
     Some(out)
 }
 
+/// An address from a record, canonical (`::ffff:a.b.c.d` from a dual-stack socket is IPv4).
 pub fn ip(family: u16, addr: &[u8; 16]) -> IpAddr {
     if family == 2 {
         IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
     } else {
-        IpAddr::V6(Ipv6Addr::from(*addr))
+        protocol::net::canonical_ip(IpAddr::V6(Ipv6Addr::from(*addr)))
     }
 }
 
@@ -153,11 +174,15 @@ mod tests {
         p.buf[..raw.len()].copy_from_slice(raw);
         p.len = raw.len() as u32;
         assert_eq!(dentry_path(&p).as_deref(), Some("/usr/bin/python3.11"));
+        assert_eq!(split_argv(b"a\0b c\0", usize::MAX), ["a", "b c"]);
+        assert_eq!(split_argv(b"a\0\0x\0", usize::MAX), ["a", "", "x"]);
         assert_eq!(
-            argv(b"a\0b c\0\0", 6, 2),
-            vec!["a".to_string(), "b c".to_string()]
+            split_argv(b"a\0b", usize::MAX),
+            ["a", "b"],
+            "a cut last string"
         );
-        assert_eq!(argv(b"a\0\0x\0", 5, 3), vec!["a", "", "x"]);
+        assert!(split_argv(b"", usize::MAX).is_empty());
+        assert_eq!(split_argv(b"\0", usize::MAX), [""], "one empty argument");
     }
 
     #[test]
@@ -187,6 +212,22 @@ mod tests {
             panic!("an exec record")
         };
         assert_eq!(rec.argv_len, 6, "clamped to the bytes received");
-        assert_eq!(argv(&rec.argv, rec.argv_len, 2), ["ab", "cd"]);
+        assert_eq!(exec_argv(rec), (vec!["ab".into(), "cd".into()], None));
+    }
+
+    #[test]
+    fn an_incomplete_argv_says_why() {
+        let mut rec = new_exec_buffer();
+        rec.argv[..4].copy_from_slice(b"ab\0c");
+        rec.argv_len = 4;
+        rec.argc = 7;
+        rec.argv_status = ArgvStatus::TooLong as u32;
+        assert_eq!(
+            exec_argv(&rec),
+            (vec!["ab".into(), "c".into()], Some(ArgvTruncation::TooLong))
+        );
+        rec.argv_len = 0;
+        rec.argv_status = ArgvStatus::Unreadable as u32;
+        assert_eq!(exec_argv(&rec), (vec![], Some(ArgvTruncation::Unreadable)));
     }
 }

@@ -16,19 +16,19 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use protocol::{ExitEvent, Timestamp};
-use sensor_common::{DropKind, EXEC_ARGV_FROM_KERNEL, EXEC_ARGV_TRUNCATED, EXEC_HAS_TTY};
+use protocol::{ArgvSource, ExitEvent, Timestamp};
+use sensor_common::{CgroupDrops, DropKind, InflightConnect, TrackedSock, EXEC_HAS_TTY};
 use tokio::io::unix::AsyncFd;
 
 pub use self::enforce::EbpfEnforcement;
 use self::{connect::ConnectJoiner, decode::Record};
 use super::{
-    EventSource, ExecRecord, ExitRecord, FileId, ForkRecord, ProcessKey, SensorEvent, SourceError,
-    SourceOptions, SourceStats,
+    EventSource, ExecRecord, ExitRecord, FileId, ForkRecord, ProcessKey, ProcessReader,
+    SensorEvent, SourceError, SourceOptions, SourceStats,
 };
 
 static OBJECT: &[u8] =
@@ -36,8 +36,6 @@ static OBJECT: &[u8] =
 
 /// Tracepoints the programs attach to: (program, category, tracepoint).
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sys_enter_execve", "syscalls", "sys_enter_execve"),
-    ("sys_enter_execveat", "syscalls", "sys_enter_execveat"),
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
@@ -50,6 +48,12 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 /// Shortest time between two reads of the ring buffer while events keep coming.
 const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+/// How often the kernel's connect tracking maps are swept for entries that can no longer
+/// complete (a thread or socket that vanished through a path no tracepoint sees).
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// A tracking entry older than this is stale: a TCP handshake gives up after about two
+/// minutes (tcp_syn_retries = 6) and a connect syscall returns by then.
+const TRACKING_STALE_NS: u64 = 300 * 1_000_000_000;
 
 const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
@@ -85,8 +89,11 @@ pub struct EbpfSource {
     ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
+    cgroup_drops: PerCpuHashMap<MapData, u64, CgroupDrops>,
+    tracking: Tracking,
     cgroup_root: PathBuf,
     expiry: tokio::time::Interval,
+    sweep: tokio::time::Interval,
     /// Where exec records are decoded (reused: they are 6 KiB).
     exec_buf: Box<sensor_common::ExecRecord>,
     /// When the last non-empty batch was handed out (see [`BATCH_INTERVAL`]).
@@ -109,6 +116,57 @@ fn load_error(context: &str, err: impl std::fmt::Debug) -> SourceError {
     SourceError::Other(format!("{context}: {err:?}"))
 }
 
+/// Takes a map out of the loaded object as its typed view.
+fn take_map<M: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<M, SourceError>
+where
+    M::Error: std::fmt::Debug,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| SourceError::Other(format!("eBPF object lacks {name}")))?;
+    M::try_from(map).map_err(|e| load_error(name, e))
+}
+
+/// The kernel's connect tracking maps, swept for stale entries.
+struct Tracking {
+    inflight: BpfHashMap<MapData, u32, InflightConnect>,
+    tcp: BpfHashMap<MapData, u64, TrackedSock>,
+    stale: u64,
+}
+
+impl Tracking {
+    /// Removes entries older than [`TRACKING_STALE_NS`]; they are counted.
+    fn sweep(&mut self) {
+        let now = clock_ns(libc::CLOCK_BOOTTIME) as u64;
+        let stale = |since: u64| now.saturating_sub(since) > TRACKING_STALE_NS;
+        let threads: Vec<u32> = self
+            .inflight
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| stale(v.since_ns))
+            .map(|(k, _)| k)
+            .collect();
+        let sockets: Vec<u64> = self
+            .tcp
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| stale(v.since_ns))
+            .map(|(k, _)| k)
+            .collect();
+        for tid in &threads {
+            let _ = self.inflight.remove(tid);
+        }
+        for sock in &sockets {
+            let _ = self.tcp.remove(sock);
+        }
+        let swept = (threads.len() + sockets.len()) as u64;
+        if swept > 0 {
+            tracing::debug!(swept, "stale connect tracking entries removed");
+        }
+        self.stale += swept;
+    }
+}
+
 fn clk_tck() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -125,20 +183,11 @@ impl Translator {
     }
 
     fn exec(&self, r: &sensor_common::ExecRecord) -> ExecRecord {
-        let from_kernel = r.flags & EXEC_ARGV_FROM_KERNEL != 0;
-        let pid = r.header.pid;
-        // Without kernel argv (staging lost, or execve before the sensor started) fall back
-        // to /proc while the process is still there.
-        let argv = if from_kernel {
-            Some(decode::argv(&r.argv, r.argv_len, r.argc))
-        } else {
-            procfs::read_cmdline(pid)
-        };
-        let comm = decode::c_str(&r.comm);
+        let (argv, argv_truncation) = decode::exec_argv(r);
         ExecRecord {
             time: self.clock.wall(r.header.boot_ns),
             process: ProcessKey {
-                pid,
+                pid: r.header.pid,
                 start_ticks: self.start_ticks(r.start_boottime),
             },
             ppid: Some(r.ppid),
@@ -148,9 +197,10 @@ impl Translator {
             loginuid: (r.loginuid != u32::MAX).then_some(r.loginuid),
             invoked_path: Some(decode::c_str(&r.filename)).filter(|s| !s.is_empty()),
             exe: decode::dentry_path(&r.exe),
-            comm,
+            comm: decode::c_str(&r.comm),
             argv,
-            argv_truncated: r.flags & EXEC_ARGV_TRUNCATED != 0,
+            argv_truncation,
+            argv_source: ArgvSource::Kernel,
             cwd: decode::dentry_path(&r.cwd),
             tty: (r.flags & EXEC_HAS_TTY != 0).then(|| decode::c_str(&r.tty)),
             cgroup_id: r.cgroup_id,
@@ -195,7 +245,7 @@ impl Translator {
             })),
             Record::ConnectAttempt(r) => {
                 let time = self.clock.wall(r.header.boot_ns);
-                self.joiner.attempt(&r, time, now)
+                self.joiner.attempt(&r, time, now, &mut self.connects)
             }
             Record::SyscallResult(r) => self.joiner.syscall_result(&r, &mut self.connects),
             Record::TcpOutcome(r) => self.joiner.tcp_outcome(&r, &mut self.connects),
@@ -223,6 +273,8 @@ impl EbpfSource {
 }
 
 impl EventSource for EbpfSource {
+    type Reader = procfs::Reader;
+
     fn start(options: &SourceOptions) -> Result<Self, SourceError> {
         preflight::check_capabilities()?;
         preflight::check_bpf_syscall()?;
@@ -290,16 +342,14 @@ impl EventSource for EbpfSource {
             })?;
         }
 
-        let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or_else(|| SourceError::Other("eBPF object lacks EVENTS".into()))?,
-        )
-        .map_err(|e| load_error("EVENTS", e))?;
-        let drops = PerCpuArray::try_from(
-            ebpf.take_map("DROPS")
-                .ok_or_else(|| SourceError::Other("eBPF object lacks DROPS".into()))?,
-        )
-        .map_err(|e| load_error("DROPS", e))?;
+        let ring: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
+        let drops = take_map(&mut ebpf, "DROPS")?;
+        let cgroup_drops = take_map(&mut ebpf, "CGROUP_DROPS")?;
+        let tracking = Tracking {
+            inflight: take_map(&mut ebpf, "CONNECT_INFLIGHT")?,
+            tcp: take_map(&mut ebpf, "TCP_TRACKED")?,
+            stale: 0,
+        };
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long as
         // the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -311,13 +361,18 @@ impl EventSource for EbpfSource {
                 / 2,
         );
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(cgroup = %cgroup_root.display(), ring_bytes = options.buffer_bytes, "eBPF sensor attached");
         Ok(EbpfSource {
             ebpf,
             ring,
             drops,
+            cgroup_drops,
+            tracking,
             cgroup_root,
             expiry,
+            sweep,
             exec_buf: decode::new_exec_buffer(),
             last_batch: None,
             translator: Translator {
@@ -358,6 +413,7 @@ impl EventSource for EbpfSource {
                     }
                 }
                 _ = self.expiry.tick() => self.translator.tick(out),
+                _ = self.sweep.tick() => self.tracking.sweep(),
             }
         }
         self.last_batch = Some(tokio::time::Instant::now());
@@ -374,17 +430,58 @@ impl EventSource for EbpfSource {
                 .unwrap_or(0);
             stats.drops.insert(kind.name().to_string(), total);
         }
+        let mut by_cgroup: Vec<(u64, CgroupDrops)> = self
+            .cgroup_drops
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(cgroup, per_cpu)| {
+                let mut sum: CgroupDrops = Default::default();
+                for counts in per_cpu.iter() {
+                    for (total, n) in sum.iter_mut().zip(counts) {
+                        *total += n;
+                    }
+                }
+                (cgroup, sum)
+            })
+            .collect();
+        by_cgroup.sort_by_key(|(_, counts)| std::cmp::Reverse(counts.iter().sum::<u64>()));
+        for (cgroup, counts) in by_cgroup.into_iter().take(super::MAX_CGROUPS_REPORTED) {
+            let kinds = DropKind::ALL
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (k.name().to_string(), n))
+                .collect();
+            stats.drops_by_cgroup.insert(cgroup, kinds);
+        }
+        let joiner = &self.translator.joiner;
+        stats
+            .pending
+            .insert("connects".into(), joiner.pending() as u64);
+        stats
+            .evicted
+            .insert("connect_joiner".into(), joiner.evicted());
+        stats
+            .evicted
+            .insert("kernel_connect_tracking_stale".into(), self.tracking.stale);
         stats
     }
 
     fn existing_processes(&mut self) -> Result<Vec<ExecRecord>, SourceError> {
-        let boot = self.translator.clock.offset_ns;
-        let tck = clk_tck();
+        let reader = self.process_reader();
         Ok(procfs::pids()
             .into_iter()
             .filter(|&pid| pid != std::process::id())
-            .filter_map(|pid| procfs::read_process(pid, boot, tck, Some(&self.cgroup_root)))
+            .filter_map(|pid| reader.read(pid))
             .collect())
+    }
+
+    fn process_reader(&self) -> procfs::Reader {
+        procfs::Reader {
+            boot_time_ns: self.translator.clock.offset_ns,
+            clk_tck: clk_tck(),
+            cgroup_root: Some(self.cgroup_root.clone()),
+        }
     }
 
     fn live_processes(&mut self) -> Result<Vec<ProcessKey>, SourceError> {

@@ -22,8 +22,6 @@ pub fn resolve(btf_path: &Path, tracefs: &Path) -> Result<KernelOffsets, Offsets
     let m = |s: &str, f: &str| btf.member_offset(s, f);
     let exec = Format::read(tracefs, "sched", "sched_process_exec")?;
     let exit = Format::read(tracefs, "sched", "sched_process_exit")?;
-    let execve = Format::read(tracefs, "syscalls", "sys_enter_execve")?;
-    let execveat = Format::read(tracefs, "syscalls", "sys_enter_execveat")?;
     let sys_exit = Format::read(tracefs, "syscalls", "sys_exit_connect")?;
     let sk_state = Format::read(tracefs, "sock", "inet_sock_set_state")?;
     let reset = Format::read(tracefs, "tcp", "tcp_receive_reset")?;
@@ -39,6 +37,9 @@ pub fn resolve(btf_path: &Path, tracefs: &Path) -> Result<KernelOffsets, Offsets
         task_cred: m("task_struct", "cred")?,
         // Only with CONFIG_AUDIT; 0 tells the programs it is absent.
         task_loginuid: m("task_struct", "loginuid").unwrap_or(0),
+        mm_arg_start: m("mm_struct", "arg_start")?,
+        mm_arg_end: m("mm_struct", "arg_end")?,
+        mm_start_stack: m("mm_struct", "start_stack")?,
         signal_tty: m("signal_struct", "tty")?,
         tty_name: m("tty_struct", "name")?,
         cred_euid: m("cred", "euid")?,
@@ -60,9 +61,6 @@ pub fn resolve(btf_path: &Path, tracefs: &Path) -> Result<KernelOffsets, Offsets
         vfsmount_mnt_root: m("vfsmount", "mnt_root")?,
         sock_sk_err: m("sock", "sk_err")?,
         tp_exec_filename: exec.offset("filename")?,
-        tp_exec_old_pid: exec.offset("old_pid")?,
-        tp_execve_argv: execve.offset("argv")?,
-        tp_execveat_argv: execveat.offset("argv")?,
         tp_exit_group_dead: exit.offset("group_dead")?,
         tp_sys_exit_ret: sys_exit.offset("ret")?,
         tp_sk_state_skaddr: sk_state.offset("skaddr")?,
@@ -74,6 +72,5 @@ pub fn resolve(btf_path: &Path, tracefs: &Path) -> Result<KernelOffsets, Offsets
         tp_sk_state_saddr_v6: sk_state.offset("saddr_v6")?,
         tp_sk_state_family: sk_state.offset("family")?,
         tp_reset_skaddr: reset.offset("skaddr")?,
-        _pad: 0,
     })
 }

@@ -3,11 +3,12 @@
 //! Reading /proc after the fact is only a fallback (a process may have rewritten its argv by
 //! then); events from the kernel carry what was true at exec.
 
-use std::{fs, os::unix::fs::MetadataExt, path::Path};
+use std::{fs, io::Read, os::unix::fs::MetadataExt, path::Path};
 
-use protocol::Timestamp;
+use protocol::{ArgvSource, ArgvTruncation, Timestamp};
+use sensor_common::ARGV_MAX_BYTES;
 
-use crate::source::{ExecRecord, FileId, ProcessKey};
+use crate::source::{ExecRecord, FileId, ProcessKey, ProcessReader};
 
 /// Fields of `/proc/<pid>/stat` after the `(comm)`.
 pub struct Stat {
@@ -55,18 +56,19 @@ pub fn tty_name(tty_nr: u32) -> Option<String> {
     })
 }
 
-pub fn read_cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let trimmed = raw.strip_suffix(&[0]).unwrap_or(&raw);
-    if trimmed.is_empty() {
-        return Some(Vec::new());
-    }
-    Some(
-        trimmed
-            .split(|&b| b == 0)
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect(),
-    )
+/// argv from `/proc/<pid>/cmdline`, at most [`ARGV_MAX_BYTES`] like the kernel's capture (a
+/// command line can run to megabytes, and every finding carries its ancestors' argv).
+pub fn read_cmdline(pid: u32) -> Option<(Vec<String>, Option<ArgvTruncation>)> {
+    let file = fs::File::open(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut raw = Vec::with_capacity(256);
+    file.take(ARGV_MAX_BYTES as u64 + 1)
+        .read_to_end(&mut raw)
+        .ok()?;
+    let truncation = (raw.len() > ARGV_MAX_BYTES).then(|| {
+        raw.truncate(ARGV_MAX_BYTES);
+        ArgvTruncation::TooLong
+    });
+    Some((super::decode::split_argv(&raw, usize::MAX), truncation))
 }
 
 fn read_link(pid: u32, what: &str) -> Option<String> {
@@ -95,6 +97,28 @@ fn cgroup_id(pid: u32, cgroup_root: Option<&Path>) -> u64 {
         .unwrap_or(0)
 }
 
+/// Reads processes from /proc, with what is needed to express them like kernel records.
+#[derive(Clone, Debug)]
+pub struct Reader {
+    /// CLOCK_REALTIME − CLOCK_BOOTTIME, in ns.
+    pub boot_time_ns: i64,
+    /// Clock ticks per second (USER_HZ).
+    pub clk_tck: u64,
+    /// The cgroup v2 mount, to turn a cgroup path into its id.
+    pub cgroup_root: Option<std::path::PathBuf>,
+}
+
+impl ProcessReader for Reader {
+    fn read(&self, pid: u32) -> Option<ExecRecord> {
+        read_process(
+            pid,
+            self.boot_time_ns,
+            self.clk_tck,
+            self.cgroup_root.as_deref(),
+        )
+    }
+}
+
 /// Everything /proc says about a process now, shaped like an exec record.
 pub fn read_process(
     pid: u32,
@@ -120,6 +144,8 @@ pub fn read_process(
             ino: m.ino(),
         });
     let start_ns = (stat.start_ticks as i64).saturating_mul(1_000_000_000 / clk_tck as i64);
+    let (argv, argv_truncation) =
+        read_cmdline(pid).unwrap_or((Vec::new(), Some(ArgvTruncation::Unavailable)));
     Some(ExecRecord {
         time: Timestamp::from_unix_nanos(boot_time_ns + start_ns),
         process: ProcessKey {
@@ -134,8 +160,9 @@ pub fn read_process(
         invoked_path: None,
         exe: read_link(pid, "exe"),
         comm: stat.comm,
-        argv: read_cmdline(pid),
-        argv_truncated: false,
+        argv,
+        argv_truncation,
+        argv_source: ArgvSource::Procfs,
         cwd: read_link(pid, "cwd"),
         tty: tty_name(stat.tty_nr),
         cgroup_id: cgroup_id(pid, cgroup_root),
@@ -174,6 +201,7 @@ mod tests {
         let rec = read_process(me, 0, 100, None).unwrap();
         assert_eq!(rec.process.pid, me);
         assert!(rec.exe.is_some());
-        assert!(!rec.argv.unwrap().is_empty());
+        assert!(!rec.argv.is_empty());
+        assert_eq!(rec.argv_truncation, None);
     }
 }

@@ -1,0 +1,66 @@
+//! The image each live pid runs, shared read-only with the actuator.
+//!
+//! /proc shows a pid and its start time, but only the process table knows whether the
+//! process has exec'd since (which makes an `ExecId` stale), which file the kernel reported it
+//! runs (so a quarantine acts on that file and no other), and who forked whom (so a tree kill
+//! finds children that were reparented).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use protocol::ExecId;
+
+use crate::source::FileId;
+
+/// What the actuator needs to know about a live process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub exec_id: ExecId,
+    /// The process it was forked from (as that process was then).
+    pub parent: Option<ExecId>,
+    /// The executable as the kernel reported it at exec.
+    pub file: Option<FileId>,
+}
+
+#[derive(Clone, Default)]
+pub struct Images(Arc<RwLock<HashMap<u32, Image>>>);
+
+impl Images {
+    pub fn get(&self, pid: u32) -> Option<Image> {
+        self.0.read().ok()?.get(&pid).copied()
+    }
+
+    /// Live processes descending from `root` (children first found by fork parentage, so a
+    /// child reparented to init is still found), `root` excluded.
+    pub fn descendants(&self, root: &ExecId) -> Vec<Image> {
+        let Ok(map) = self.0.read() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Image> = Vec::new();
+        let mut frontier = vec![*root];
+        while let Some(parent) = frontier.pop() {
+            for image in map.values() {
+                let child_of = image.parent.is_some_and(|p| p.same_process(&parent));
+                if child_of && !out.iter().any(|o| o.exec_id.same_process(&image.exec_id)) {
+                    out.push(*image);
+                    frontier.push(image.exec_id);
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn set(&self, image: Image) {
+        if let Ok(mut map) = self.0.write() {
+            map.insert(image.exec_id.pid, image);
+        }
+    }
+
+    pub(super) fn remove(&self, pid: u32) {
+        if let Ok(mut map) = self.0.write() {
+            map.remove(&pid);
+        }
+    }
+}
