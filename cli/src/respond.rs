@@ -137,6 +137,14 @@ pub fn quarantine(command: QuarantineCommand) -> anyhow::Result<()> {
                 .into_iter()
                 .find(|r| r.id == id)
                 .ok_or_else(|| anyhow::anyhow!("no quarantined file {id} in {}", dir.display()))?;
+            if rec.foreign_namespace {
+                anyhow::bail!(
+                    "{} was quarantined from another mount namespace (a container): put {} back \
+                     into that container by hand",
+                    rec.original_path,
+                    dir.join(&rec.id).display()
+                );
+            }
             let original = PathBuf::from(&rec.original_path);
             if original.exists() {
                 anyhow::bail!("{} exists again; not overwriting it", original.display());

@@ -80,6 +80,20 @@ pub struct ActuatorSection {
     pub command_window_secs: u64,
     /// Actions per kind per hour this host accepts (0: no limit).
     pub max_actions_per_hour: u32,
+    /// The widest block accepted, as the shortest prefix: a block of a /8 is refused when
+    /// this is 24 (the whole address space, the IPv4-mapped range and any range covering the
+    /// NATS servers, resolvers or default gateways are always refused).
+    pub block_min_prefix_v4: u8,
+    pub block_min_prefix_v6: u8,
+    /// resolv.conf-style files whose `nameserver`s are never blocked.
+    pub resolver_files: Vec<PathBuf>,
+    /// Allow kill-on-exec and quarantine of interpreters and shells (the heuristics'
+    /// `script_engines`): off, because that takes them away from every script on the host.
+    pub allow_interpreters: bool,
+    /// A file to quarantine that has other hard links: `refuse` (default) or `allow`.
+    pub quarantine_hard_links: HardLinks,
+    /// Longest a memory dump may run, seconds; what is left is skipped and reported.
+    pub dump_timeout_secs: u64,
 }
 
 impl Default for ActuatorSection {
@@ -97,8 +111,29 @@ impl Default for ActuatorSection {
             protected_networks: Vec::new(),
             command_window_secs: 60,
             max_actions_per_hour: 0,
+            block_min_prefix_v4: 24,
+            block_min_prefix_v6: 64,
+            resolver_files: vec![
+                PathBuf::from("/etc/resolv.conf"),
+                PathBuf::from("/run/systemd/resolve/resolv.conf"),
+            ],
+            allow_interpreters: false,
+            quarantine_hard_links: HardLinks::Refuse,
+            dump_timeout_secs: 300,
         }
     }
+}
+
+/// What to do with a file to quarantine that has other names (hard links).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HardLinks {
+    /// Refuse: the other names would keep the file, and its mode change would hit them too
+    /// (a hard link to a system binary must never take the binary down).
+    #[default]
+    Refuse,
+    /// Quarantine this name anyway; the record counts the others.
+    Allow,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -137,6 +172,9 @@ pub struct SensorSection {
     pub connect_outcome_wait_ms: u64,
     /// cgroup v2 mount to attach the connect hooks to (autodetected when absent).
     pub cgroup_root: Option<PathBuf>,
+    /// bpffs directory where enforcement is pinned, so blocks and kill-on-exec keep working
+    /// while the collector restarts (removed when it stops with nothing enforced).
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -207,6 +245,7 @@ impl Default for SensorSection {
             ring_buffer_bytes: 8 * 1024 * 1024,
             connect_outcome_wait_ms: 1000,
             cgroup_root: None,
+            pin_dir: PathBuf::from("/sys/fs/bpf/osprey"),
         }
     }
 }

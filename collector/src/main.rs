@@ -54,6 +54,9 @@ struct Args {
     /// Kernel ring buffer size in bytes (power of two).
     #[arg(long)]
     ring_buffer_bytes: Option<u32>,
+    /// bpffs directory where enforcement is pinned across restarts.
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
     /// Destination networks that count as local for the heuristics (comma-separated CIDRs;
     /// an empty string makes every destination non-local).
     #[arg(long, value_delimiter = ',')]
@@ -70,6 +73,10 @@ struct Args {
     /// Seconds between resident-memory samples of live processes (memory rules).
     #[arg(long)]
     memory_sample_interval_secs: Option<u64>,
+    /// Internal: hold the enforcement links of the collector using PIN_DIR across its
+    /// restarts (started by the collector itself).
+    #[arg(long = "hold-enforcement", hide = true, value_name = "PIN_DIR")]
+    hold_enforcement: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +107,9 @@ fn apply(args: &Args, config: &mut CollectorConfig) {
     }
     if let Some(n) = args.ring_buffer_bytes {
         config.sensor.ring_buffer_bytes = n;
+    }
+    if let Some(dir) = &args.pin_dir {
+        config.sensor.pin_dir = dir.clone();
     }
     if let Some(nets) = &args.local_networks {
         config.heuristics.local_networks = nets.iter().filter(|s| !s.is_empty()).cloned().collect();
@@ -169,13 +179,14 @@ async fn start_actuator(
     let Some(url) = config.nats.url.clone().filter(|_| config.actuator.enabled) else {
         return Ok(None);
     };
-    let enforcement: Option<Box<dyn Enforcement>> = match source.take_enforcement() {
-        Ok(e) => Some(Box::new(e)),
-        Err(e) => {
-            tracing::warn!("actuator: no kernel enforcement (blocks, kill-on-exec): {e}");
-            None
-        }
-    };
+    let enforcement: Option<Box<dyn Enforcement>> =
+        match source.take_enforcement(active_blocks.clone()) {
+            Ok(e) => Some(Box::new(e)),
+            Err(e) => {
+                tracing::warn!("actuator: no kernel enforcement (blocks, kill-on-exec): {e}");
+                None
+            }
+        };
     let mut options = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .name("osprey-actuator");
@@ -197,6 +208,8 @@ async fn start_actuator(
             protected_destinations: nats_endpoints(&url),
             active_blocks,
             images,
+            script_engines: config.heuristics.script_engines.clone(),
+            cgroup_root: collector::source::ebpf::cgroup2_root()?,
         },
         enforcement,
         Some(client.clone()),
@@ -275,6 +288,7 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
         buffer_bytes: config.sensor.ring_buffer_bytes,
         connect_outcome_wait: config.connect_outcome_wait(),
         cgroup_root: config.sensor.cgroup_root.clone(),
+        pin_dir: config.sensor.pin_dir.clone(),
     })?;
 
     let table = ProcessTable::new(boot_id(), config.process_table.capacity);
@@ -337,6 +351,11 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
 }
 
 fn main() -> ExitCode {
+    let args = Args::parse();
+    #[cfg(target_os = "linux")]
+    if args.hold_enforcement.is_some() {
+        collector::source::ebpf::hold_forever();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -345,7 +364,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
     let result = if args.service {
         run_as_service(args)
     } else {

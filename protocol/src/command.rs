@@ -33,6 +33,10 @@ pub struct Command {
 pub enum Action {
     Kill {
         target: ExecId,
+        /// Also every descendant of the target, each identity-checked; the tree is stopped
+        /// first, so no member escapes by forking while it is killed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tree: bool,
     },
     Suspend {
         target: ExecId,
@@ -70,6 +74,10 @@ pub enum Action {
     KillOnExec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
+        /// A process running the file: the file is then found through the process (in its
+        /// own mount namespace), never by a path that may name another file on the host.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<ExecId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ttl_secs: Option<u64>,
     },
@@ -105,11 +113,11 @@ impl Action {
     /// The process the action is aimed at, when it has one.
     pub fn target(&self) -> Option<ExecId> {
         match self {
-            Action::Kill { target }
+            Action::Kill { target, .. }
             | Action::Suspend { target, .. }
             | Action::Resume { target }
             | Action::Dump { target } => Some(*target),
-            Action::Quarantine { target, .. } => *target,
+            Action::Quarantine { target, .. } | Action::KillOnExec { target, .. } => *target,
             _ => None,
         }
     }
@@ -121,7 +129,7 @@ impl Action {
                 Some(p) => format!("{cidr} port {p}"),
                 None => cidr.clone(),
             }),
-            Action::KillOnExec { path, .. } => path.clone(),
+            Action::KillOnExec { path: Some(p), .. } => Some(p.clone()),
             Action::Quarantine { target: None, path } => path.clone(),
             _ => self.target().map(|t| t.to_string()),
         }

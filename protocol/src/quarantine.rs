@@ -19,4 +19,16 @@ pub struct QuarantineRecord {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
+    /// `original_path` is in another mount namespace (a container's) than the host's:
+    /// `restore` does not put it back by itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub foreign_namespace: bool,
+    /// Other names (hard links) the file still has, when it was quarantined anyway by
+    /// configuration: they keep pointing at it, now mode 000.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub other_links: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

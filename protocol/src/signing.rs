@@ -171,6 +171,7 @@ mod tests {
             host: "h".into(),
             action: Action::Kill {
                 target: "0000abcd-10-20-1".parse().unwrap(),
+                tree: false,
             },
             finding_id: None,
             key_id: String::new(),

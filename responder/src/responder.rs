@@ -527,7 +527,10 @@ fn build_action(
 ) -> (Option<Action>, Option<String>) {
     let target = f.process.exec_id;
     let action = match kind {
-        ActionKind::Kill => Some(Action::Kill { target }),
+        ActionKind::Kill => Some(Action::Kill {
+            target,
+            tree: false,
+        }),
         ActionKind::Suspend => Some(Action::Suspend { target, ttl_secs }),
         ActionKind::Resume => Some(Action::Resume { target }),
         ActionKind::Dump => Some(Action::Dump { target }),
@@ -537,6 +540,7 @@ fn build_action(
         }),
         ActionKind::KillOnExec => (!f.process.exe.is_empty()).then(|| Action::KillOnExec {
             path: Some(f.process.exe.clone()),
+            target: Some(target),
             ttl_secs,
         }),
         ActionKind::Block => f.triggers.iter().find_map(|t| match &t.detail {

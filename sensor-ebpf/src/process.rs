@@ -93,16 +93,6 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
             (*rec).exe_ino = read::<u64>(inode, offset!(inode_i_ino));
             let sb = read_ptr(inode, offset!(inode_i_sb));
             (*rec).exe_dev = read::<u32>(sb, offset!(sb_s_dev));
-            // Kill-on-exec: by the file's identity, whatever path reached it. The signal is
-            // delivered before the new program runs its first instruction.
-            let key = FileKey {
-                dev: (*rec).exe_dev,
-                _pad: 0,
-                ino: (*rec).exe_ino,
-            };
-            if KILL_ON_EXEC.get_ptr(&key).is_some() {
-                gen::bpf_send_signal(9);
-            }
             if read_dentry_path(exe_file.wrapping_add(offset!(file_f_path)), &mut (*rec).exe) {
                 flags |= EXEC_EXE_TRUNCATED;
             }
@@ -180,6 +170,31 @@ unsafe fn read_argv(mm: *const u8, out: *mut u8) -> (u32, ArgvStatus, u32) {
         return (0, ArgvStatus::Unreadable, argc);
     }
     (len, status, argc)
+}
+
+/// Kill-on-exec: by the executable's identity, whatever path reached it; the signal is
+/// delivered before the new program runs its first instruction. A program of its own, on a
+/// raw tracepoint, because its link is pinned so enforcement goes on while the collector
+/// restarts (perf-event links, which classic tracepoints use, cannot be pinned).
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn enforce_exec(_ctx: RawTracePointContext) -> i32 {
+    unsafe {
+        let mm = read_ptr(current_task(), offset!(task_mm));
+        let exe_file = read_ptr(mm, offset!(mm_exe_file));
+        if exe_file.is_null() {
+            return 0;
+        }
+        let inode = read_ptr(exe_file, offset!(file_f_inode));
+        let key = FileKey {
+            dev: read::<u32>(read_ptr(inode, offset!(inode_i_sb)), offset!(sb_s_dev)),
+            _pad: 0,
+            ino: read::<u64>(inode, offset!(inode_i_ino)),
+        };
+        if KILL_ON_EXEC.get_ptr(&key).is_some() {
+            gen::bpf_send_signal(9);
+        }
+    }
+    0
 }
 
 /// `sched_process_fork` as a raw tracepoint: its arguments are the parent and child tasks,

@@ -23,6 +23,9 @@ pub struct Received {
 pub struct Collector {
     pub host: String,
     child: Child,
+    /// The bpffs directory of its pinned enforcement, removed on drop unless
+    /// [`Collector::keep_pins`] (so nothing a test attached outlives it).
+    pin_dir: Option<std::path::PathBuf>,
     pub received: Arc<Mutex<Received>>,
     /// The collector's stderr lines, when started with [`Collector::start_logged`].
     log: Arc<Mutex<Vec<String>>>,
@@ -97,6 +100,7 @@ impl Collector {
             .unwrap_or_else(|| format!("e2e{}", crate::marker("h").replace('-', "")));
         let received = Arc::new(Mutex::new(Received::default()));
         subscribe(client, &host, received.clone()).await;
+        let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/osprey-test-{host}"));
         let mut child = Command::new(crate::bin_dir().join("osprey-collector"))
             .arg("--config")
             .arg(config)
@@ -110,6 +114,8 @@ impl Collector {
             ])
             .arg("--spool-dir")
             .arg(spool)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(if logged {
@@ -136,6 +142,7 @@ impl Collector {
         let collector = Collector {
             host,
             child,
+            pin_dir: Some(pin_dir),
             received,
             log,
         };
@@ -152,6 +159,17 @@ impl Collector {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The bpffs directory where this collector pins its enforcement.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Leaves the pinned enforcement in place when this collector is dropped, for a
+    /// successor with the same host name (which uses the same directory) to take over.
+    pub fn keep_pins(&mut self) {
+        self.pin_dir = None;
     }
 
     /// Events matching `pred` so far.
@@ -228,15 +246,39 @@ impl Drop for Collector {
     fn drop(&mut self) {
         self.signal(libc::SIGCONT);
         self.signal(libc::SIGTERM);
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        let stopped = (0..50).any(|_| {
+            let done = matches!(self.child.try_wait(), Ok(Some(_)));
+            if !done {
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            done
+        });
+        if !stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(dir) = &self.pin_dir {
+            release_enforcement(dir);
+        }
     }
+}
+
+/// Detaches whatever a collector left enforcing for `pin_dir` (blocks still active when a
+/// test ends): stops its enforcement holder (`osprey-collector --hold-enforcement DIR`) and
+/// removes the pinned maps.
+pub fn release_enforcement(pin_dir: &Path) {
+    let wanted = format!("--hold-enforcement\0{}\0", pin_dir.display());
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&wanted) {
+            // SAFETY: killing a holder this test's collector started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let _ = std::fs::remove_dir_all(pin_dir);
 }
 
 async fn subscribe(client: &async_nats::Client, host: &str, received: Arc<Mutex<Received>>) {

@@ -315,6 +315,7 @@ async fn the_actuator_refuses_what_it_must_and_audits_each_refusal() {
                 &host,
                 Action::Kill {
                     target: exec_id_of(1),
+                    tree: false,
                 },
             ),
         )
@@ -327,6 +328,7 @@ async fn the_actuator_refuses_what_it_must_and_audits_each_refusal() {
                 &host,
                 Action::Kill {
                     target: exec_id_of(collector.pid()),
+                    tree: false,
                 },
             ),
         )
@@ -359,8 +361,17 @@ async fn the_actuator_refuses_what_it_must_and_audits_each_refusal() {
         ..live
     };
     refused(
-        &env.send(&host, &env.signed(&host, Action::Kill { target: stale }))
-            .await,
+        &env.send(
+            &host,
+            &env.signed(
+                &host,
+                Action::Kill {
+                    target: stale,
+                    tree: false,
+                },
+            ),
+        )
+        .await,
         "stale ExecId",
     );
     assert!(
@@ -369,21 +380,49 @@ async fn the_actuator_refuses_what_it_must_and_audits_each_refusal() {
     );
 
     refused(
-        &env.send(&host, &unsigned(&host, Action::Kill { target: live }))
-            .await,
+        &env.send(
+            &host,
+            &unsigned(
+                &host,
+                Action::Kill {
+                    target: live,
+                    tree: false,
+                },
+            ),
+        )
+        .await,
         "unsigned",
     );
-    let mut foreign = unsigned(&host, Action::Kill { target: live });
+    let mut foreign = unsigned(
+        &host,
+        Action::Kill {
+            target: live,
+            tree: false,
+        },
+    );
     KeyPair::generate().unwrap().sign(&mut foreign);
     refused(&env.send(&host, &foreign).await, "unknown key");
-    let mut tampered = env.signed(&host, Action::Kill { target: live });
+    let mut tampered = env.signed(
+        &host,
+        Action::Kill {
+            target: live,
+            tree: false,
+        },
+    );
     tampered.action = Action::Kill {
         target: exec_id_of(1),
+        tree: false,
     };
     refused(&env.send(&host, &tampered).await, "bad signature");
     let r = env.send_raw(&host, b"\x93garbage".to_vec()).await;
     refused(&r, "malformed");
-    let mut old = unsigned(&host, Action::Kill { target: live });
+    let mut old = unsigned(
+        &host,
+        Action::Kill {
+            target: live,
+            tree: false,
+        },
+    );
     old.issued_at = Timestamp::from_unix_nanos(Timestamp::now().unix_nanos() - 3_600_000_000_000);
     env.key.sign(&mut old);
     refused(&env.send(&host, &old).await, "stale command");
@@ -518,12 +557,19 @@ async fn a_blocked_destination_fails_with_eperm_until_its_ttl_also_across_a_rest
         try_connects(&env, &targets),
         [libc::EPERM.to_string().as_str(), "ok"]
     );
+    // Enforcement is pinned: with no collector running at all, the block holds.
+    collector.keep_pins();
     drop(collector);
+    assert_eq!(
+        try_connects(&env, &targets),
+        [libc::EPERM.to_string().as_str(), "ok"],
+        "the pinned block keeps refusing while the collector is down"
+    );
     collector = env.collector("", Some(&host)).await;
     assert_eq!(
         try_connects(&env, &targets),
         [libc::EPERM.to_string().as_str(), "ok"],
-        "the restarted collector re-applies the block"
+        "the restarted collector adopts the block"
     );
     let rolled = eventually(Duration::from_secs(25), || {
         audit_lines(&env.actuator_audit())
@@ -565,6 +611,7 @@ async fn kill_on_exec_catches_every_path_to_the_binary_and_spares_others() {
         &host,
         Action::KillOnExec {
             path: Some(listed.display().to_string()),
+            target: None,
             ttl_secs: Some(600),
         },
     );

@@ -5,6 +5,7 @@ use std::{io::Write, path::PathBuf};
 
 use protocol::AuditRecord;
 
+#[derive(Clone)]
 pub struct AuditLog {
     path: PathBuf,
     client: Option<async_nats::Client>,

@@ -2,19 +2,24 @@
 //!
 //! Every command is decoded, checked (addressed to this host, signed by a trusted key,
 //! issued within the time window, nonce never seen), rate-limited, checked against the
-//! protected processes and destinations, executed, answered with a [`CommandResult`] and
-//! audited — refusals included. Blocks, kill-on-exec entries and suspensions with a TTL are
-//! kept in a state file and undone on time by the actuator itself (see [`state`]).
+//! protected processes, files and destinations, executed, answered with a [`CommandResult`]
+//! and audited — refusals included. Blocks, kill-on-exec entries and suspensions with a TTL
+//! are kept in a state file and undone on time by the actuator itself (see [`state`]).
+//!
+//! Long actions (memory dumps, quarantines) run on the blocking pool and answer when done:
+//! a dump of a large process never holds up a kill, a TTL rollback or another command.
 
 mod audit;
-mod files;
+mod dump;
+mod freeze;
 mod proc;
+mod quarantine;
 mod safety;
 mod state;
 
 use std::{
     collections::{HashMap, VecDeque},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -26,17 +31,23 @@ use futures::StreamExt;
 use ipnet::IpNet;
 use protocol::{
     signing::{self, PublicKey},
-    subject, Action, AuditRecord, BootId, Command, CommandResult, CommandStatus, Decision,
+    subject, Action, AuditRecord, BootId, Command, CommandResult, CommandStatus, Decision, ExecId,
     Timestamp,
 };
 
+pub use self::quarantine::HardLinks;
 pub use self::safety::{nats_endpoints, Endpoint};
 use self::{
     audit::AuditLog,
-    safety::Protected,
+    proc::{Member, PidFd},
+    safety::{BlockLimits, Protected},
     state::{Enforced, Entry, State, StateFile},
 };
-use crate::{config::ActuatorSection, process::Images};
+use crate::{
+    config::ActuatorSection,
+    detect::engines::ScriptEngines,
+    process::{Image, Images},
+};
 
 /// The kernel side of blocks and kill-on-exec (the eBPF source's maps).
 pub trait Enforcement: Send + 'static {
@@ -57,37 +68,162 @@ pub struct ActuatorOptions {
     pub active_blocks: Arc<AtomicU64>,
     /// The process table's view of which image each pid runs (ExecId checks).
     pub images: Images,
+    /// The heuristics' script engines: interpreters and shells are never killed on exec or
+    /// quarantined unless `allow_interpreters`.
+    pub script_engines: Vec<String>,
+    /// The cgroup v2 mount (suspensions freeze there).
+    pub cgroup_root: PathBuf,
+}
+
+/// Why an action was not done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionError {
+    /// A check said no (identity, protection, a link where a file should be...).
+    Refused(String),
+    /// The action was allowed but failed.
+    Failed(String),
 }
 
 /// What handling one command produced.
+#[derive(Clone, Debug, Default)]
 struct Outcome {
-    status: CommandStatus,
+    status: Status,
     reason: String,
-    output: Option<String>,
+    /// Where the action's output went (quarantined file, dump directory).
+    quarantine_path: Option<String>,
+    dump_path: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Status {
+    #[default]
+    Ok,
+    Refused,
+    Failed,
 }
 
 impl Outcome {
     fn refused(reason: impl Into<String>) -> Outcome {
         Outcome {
-            status: CommandStatus::Refused,
+            status: Status::Refused,
             reason: reason.into(),
-            output: None,
+            ..Outcome::default()
         }
     }
     fn failed(reason: impl Into<String>) -> Outcome {
         Outcome {
-            status: CommandStatus::Failed,
+            status: Status::Failed,
             reason: reason.into(),
-            output: None,
+            ..Outcome::default()
         }
     }
     fn ok(reason: impl Into<String>) -> Outcome {
         Outcome {
-            status: CommandStatus::Ok,
+            status: Status::Ok,
             reason: reason.into(),
-            output: None,
+            ..Outcome::default()
         }
     }
+
+    fn command_status(&self) -> CommandStatus {
+        match self.status {
+            Status::Ok => CommandStatus::Ok,
+            Status::Refused => CommandStatus::Refused,
+            Status::Failed => CommandStatus::Failed,
+        }
+    }
+}
+
+impl From<ActionError> for Outcome {
+    fn from(e: ActionError) -> Outcome {
+        match e {
+            ActionError::Refused(w) => Outcome::refused(w),
+            ActionError::Failed(w) => Outcome::failed(w),
+        }
+    }
+}
+
+/// A command handled now, or an action to finish off the command loop.
+pub enum Handled {
+    Done(CommandResult),
+    Later(LongAction),
+}
+
+/// An action that takes long (a dump, a quarantine): run on the blocking pool, then
+/// answered and audited with [`LongAction::finish`].
+pub struct LongAction {
+    command: Command,
+    job: Box<dyn FnOnce() -> Outcome + Send>,
+    audit: AuditLog,
+    host: String,
+    exe: Option<String>,
+}
+
+impl LongAction {
+    /// Runs the action (blocking) and returns the answer, audited.
+    pub fn finish(self) -> CommandResult {
+        let outcome = (self.job)();
+        let result = result_of(&self.host, &self.command, &outcome);
+        audit_command(
+            &self.audit,
+            &self.host,
+            Some(&self.command),
+            self.exe,
+            &outcome,
+            &result,
+        );
+        result
+    }
+}
+
+fn result_of(host: &str, command: &Command, outcome: &Outcome) -> CommandResult {
+    CommandResult {
+        command_id: command.id.clone(),
+        host: host.to_string(),
+        status: outcome.command_status(),
+        reason: outcome.reason.clone(),
+        output: outcome
+            .quarantine_path
+            .clone()
+            .or_else(|| outcome.dump_path.clone()),
+        time: Timestamp::now(),
+    }
+}
+
+fn audit_command(
+    audit: &AuditLog,
+    host: &str,
+    command: Option<&Command>,
+    exe: Option<String>,
+    outcome: &Outcome,
+    result: &CommandResult,
+) {
+    let (decision, res) = match result.status {
+        CommandStatus::Ok => (Decision::Executed, "ok".to_string()),
+        CommandStatus::Refused => (Decision::Refused, "refused".to_string()),
+        CommandStatus::Failed => (Decision::Failed, format!("error: {}", result.reason)),
+    };
+    let action = command.map_or("unknown", |c| c.action.name());
+    let mut record = AuditRecord::new(
+        "actuator",
+        host,
+        action,
+        decision,
+        result.reason.clone(),
+        res,
+    );
+    record.time = result.time;
+    if let Some(c) = command {
+        record.target = c.action.target_text();
+        record.finding_id = c.finding_id.clone();
+        record.command_id = Some(c.id.clone()).filter(|id| !id.is_empty());
+        record.actor.key_id = Some(c.key_id.clone()).filter(|k| !k.is_empty());
+        record.pid = c.action.target().map(|t| t.pid);
+    }
+    record.exe = exe;
+    record.quarantine_path = outcome.quarantine_path.clone();
+    record.dump_path = outcome.dump_path.clone();
+    audit.record(&record);
 }
 
 pub struct Actuator {
@@ -95,7 +231,7 @@ pub struct Actuator {
     boot: BootId,
     section: ActuatorSection,
     trusted: Vec<PublicKey>,
-    protected: Protected,
+    protected: Arc<Protected>,
     state_file: StateFile,
     state: State,
     enforcement: Option<Box<dyn Enforcement>>,
@@ -104,11 +240,12 @@ pub struct Actuator {
     recent: HashMap<&'static str, VecDeque<Instant>>,
     active_blocks: Arc<AtomicU64>,
     images: Images,
+    cgroup_root: PathBuf,
 }
 
 impl Actuator {
     /// Loads the trusted keys and the state, re-applies active blocks and kill-on-exec
-    /// entries to the (fresh) kernel maps, and undoes what expired while the collector was down.
+    /// entries to the kernel maps, and undoes what expired while the collector was down.
     pub fn new(
         options: ActuatorOptions,
         enforcement: Option<Box<dyn Enforcement>>,
@@ -138,12 +275,22 @@ impl Actuator {
         }
         let mut destinations = options.protected_destinations;
         for net in &section.protected_networks {
-            let net: IpNet = net
-                .parse()
-                .map_err(|e| anyhow::anyhow!("actuator.protected_networks: {net:?}: {e}"))?;
+            let net = protocol::net::parse_net(net).ok_or_else(|| {
+                anyhow::anyhow!("actuator.protected_networks: {net:?} is not an address or CIDR")
+            })?;
             destinations.push(Endpoint { net, port: None });
         }
-        let protected = Protected::new(&section.protected_executables, destinations);
+        let protected = Protected::new(
+            &section.protected_executables,
+            destinations,
+            BlockLimits {
+                min_prefix_v4: section.block_min_prefix_v4,
+                min_prefix_v6: section.block_min_prefix_v6,
+                resolver_files: section.resolver_files.clone(),
+            },
+            ScriptEngines::new(&options.script_engines),
+            section.allow_interpreters,
+        );
         let state_file = StateFile::new(&section.state_dir).map_err(|e| {
             anyhow::anyhow!("actuator.state_dir {}: {e}", section.state_dir.display())
         })?;
@@ -156,7 +303,7 @@ impl Actuator {
             boot: options.boot,
             section,
             trusted,
-            protected,
+            protected: Arc::new(protected),
             state_file,
             state,
             enforcement,
@@ -164,6 +311,7 @@ impl Actuator {
             recent: HashMap::new(),
             active_blocks: options.active_blocks,
             images: options.images,
+            cgroup_root: options.cgroup_root,
         };
         actuator
             .active_blocks
@@ -173,14 +321,14 @@ impl Actuator {
         Ok(actuator)
     }
 
-    /// Puts the state's kernel entries back into the maps (they start empty).
+    /// Puts the state's kernel entries into the maps. Pinned maps usually still hold them
+    /// (enforcement went on while the collector restarted); inserting again is harmless.
     fn reapply(&mut self) {
         let entries = self.state.entries.clone();
         for entry in &entries {
-            let result = self.apply(&entry.what);
-            match result {
+            match self.apply(&entry.what) {
                 Ok(()) => {
-                    tracing::info!(what = %entry.what.target_text(), "actuator: re-applied {}", entry.what.action_name())
+                    tracing::info!(what = %entry.what.target_text(), "actuator: enforcing {}", entry.what.action_name())
                 }
                 Err(e) => {
                     tracing::error!(what = %entry.what.target_text(), "actuator: cannot re-apply {}: {e}", entry.what.action_name())
@@ -214,7 +362,10 @@ impl Actuator {
                 self.kernel()?.remove_block(net, *port)
             }
             Enforced::KillOnExec { dev, ino, .. } => self.kernel()?.remove_kill_on_exec(*dev, *ino),
-            Enforced::Suspend { target } => {
+            Enforced::Suspend { target, frozen } => {
+                if let Some(frozen) = frozen {
+                    freeze::thaw(frozen)?;
+                }
                 let fd = proc::open_checked(target, self.boot, &self.images)?;
                 fd.signal(libc::SIGCONT)
                     .map_err(|e| format!("SIGCONT: {e}"))
@@ -271,100 +422,87 @@ impl Actuator {
             .count() as u64
     }
 
-    /// Handles one request payload: verifies, executes, audits; returns the reply.
-    pub fn handle(&mut self, payload: &[u8]) -> CommandResult {
+    /// Handles one request payload: verifies and executes it; a short action is answered
+    /// (and audited) at once, a long one is handed back to run off the command loop.
+    pub fn handle(&mut self, payload: &[u8]) -> Handled {
         let command: Command = match protocol::decode(payload) {
             Ok(c) => c,
             Err(e) => {
+                let outcome = Outcome::refused(format!("malformed command: {e}"));
                 let result = CommandResult {
                     command_id: String::new(),
                     host: self.host.clone(),
                     status: CommandStatus::Refused,
-                    reason: format!("malformed command: {e}"),
+                    reason: outcome.reason.clone(),
                     output: None,
                     time: Timestamp::now(),
                 };
-                self.audit_result(None, "unknown", None, &result);
-                return result;
+                audit_command(&self.audit, &self.host, None, None, &outcome, &result);
+                return Handled::Done(result);
             }
         };
-        let outcome = self.handle_command(&command);
-        let result = CommandResult {
-            command_id: command.id.clone(),
-            host: self.host.clone(),
-            status: outcome.status,
-            reason: outcome.reason,
-            output: outcome.output,
-            time: Timestamp::now(),
-        };
-        self.audit_result(
-            Some(&command),
-            command.action.name(),
-            command.action.target_text(),
-            &result,
-        );
-        result
-    }
-
-    fn audit_result(
-        &self,
-        command: Option<&Command>,
-        action: &str,
-        target: Option<String>,
-        result: &CommandResult,
-    ) {
-        let (decision, res) = match result.status {
-            CommandStatus::Ok => (Decision::Executed, "ok".to_string()),
-            CommandStatus::Refused => (Decision::Refused, "refused".to_string()),
-            CommandStatus::Failed => (Decision::Failed, format!("error: {}", result.reason)),
-        };
-        let mut record = AuditRecord::new(
-            "actuator",
-            self.host.clone(),
-            action,
-            decision,
-            result.reason.clone(),
-            res,
-        );
-        record.time = result.time;
-        record.target = target;
-        if let Some(c) = command {
-            record.finding_id = c.finding_id.clone();
-            record.command_id = Some(c.id.clone()).filter(|id| !id.is_empty());
-            record.actor.key_id = Some(c.key_id.clone()).filter(|k| !k.is_empty());
-            record.pid = c.action.target().map(|t| t.pid);
+        let exe = command
+            .action
+            .target()
+            .and_then(|t| self.images.get(t.pid))
+            .filter(|i| {
+                command
+                    .action
+                    .target()
+                    .is_some_and(|t| i.exec_id.same_process(&t))
+            })
+            .map(|i| i.exe);
+        match self.handle_command(&command) {
+            Step::Now(outcome) => {
+                let result = result_of(&self.host, &command, &outcome);
+                audit_command(
+                    &self.audit,
+                    &self.host,
+                    Some(&command),
+                    exe,
+                    &outcome,
+                    &result,
+                );
+                Handled::Done(result)
+            }
+            Step::Later(job) => Handled::Later(LongAction {
+                command,
+                job,
+                audit: self.audit.clone(),
+                host: self.host.clone(),
+                exe,
+            }),
         }
-        self.audit.record(&record);
     }
 
-    fn handle_command(&mut self, command: &Command) -> Outcome {
+    fn handle_command(&mut self, command: &Command) -> Step {
         if subject::host_token(&command.host) != subject::host_token(&self.host) {
-            return Outcome::refused(format!(
+            return Step::Now(Outcome::refused(format!(
                 "addressed to host {:?}, this is {:?}",
                 command.host, self.host
-            ));
+            )));
         }
         if let Err(e) = signing::verify(command, &self.trusted) {
-            return Outcome::refused(format!("signature check failed: {e}"));
+            return Step::Now(Outcome::refused(format!("signature check failed: {e}")));
         }
         let now = Timestamp::now();
         let window_ns = self.section.command_window_secs as i64 * 1_000_000_000;
         let age = now.unix_nanos() - command.issued_at.unix_nanos();
         if age.abs() > window_ns {
-            return Outcome::refused(format!(
+            return Step::Now(Outcome::refused(format!(
                 "stale command: issued {}s from now, outside the {}s window",
                 -age / 1_000_000_000,
                 self.section.command_window_secs
-            ));
+            )));
         }
         self.state
             .nonces
             .retain(|(_, t)| now.unix_nanos() - t.unix_nanos() <= 2 * window_ns);
         if self.state.nonces.iter().any(|(n, _)| *n == command.nonce) {
-            return Outcome::refused(format!(
+            return Step::Now(Outcome::refused(format!(
                 "replayed command: nonce {} was already used",
                 command.nonce
-            ));
+            )));
         }
         self.state
             .nonces
@@ -381,22 +519,27 @@ impl Actuator {
             recent.pop_front();
         }
         if limit > 0 && recent.len() >= limit as usize {
-            return Outcome::refused(format!(
+            return Step::Now(Outcome::refused(format!(
                 "rate limit: at most {limit} {name} actions per hour on this host"
-            ));
+            )));
         }
-        let outcome = self.execute(command);
-        if outcome.status == CommandStatus::Ok {
+        let step = self.execute(command);
+        // A long action counts when accepted: its outcome comes later.
+        let accepted = match &step {
+            Step::Now(outcome) => outcome.status == Status::Ok,
+            Step::Later(_) => true,
+        };
+        if accepted {
             self.recent
                 .entry(name)
                 .or_default()
                 .push_back(Instant::now());
         }
-        outcome
+        step
     }
 
     fn remember(&mut self, what: Enforced, ttl_secs: Option<u64>, command: &Command) {
-        self.state.entries.retain(|e| e.what != what);
+        self.state.entries.retain(|e| !e.what.same_as(&what));
         self.state.entries.push(Entry {
             what,
             expires_at: ttl_secs.map(|s| {
@@ -408,96 +551,78 @@ impl Actuator {
         self.save();
     }
 
-    fn forget(&mut self, what: &Enforced) {
-        self.state.entries.retain(|e| e.what != *what);
+    /// Removes an entry from the state and returns it as it was stored.
+    fn forget(&mut self, what: &Enforced) -> Option<Enforced> {
+        let found = self
+            .state
+            .entries
+            .iter()
+            .position(|e| e.what.same_as(what))
+            .map(|i| self.state.entries.remove(i).what);
         self.save();
+        found
     }
 
-    fn signal_target(&self, target: &protocol::ExecId, sig: i32) -> Outcome {
-        let fd = match proc::open_checked(target, self.boot, &self.images) {
+    /// A live, identity-checked, unprotected target and a pidfd on it.
+    fn checked_target(&self, target: &ExecId) -> Result<PidFd, ActionError> {
+        let fd =
+            proc::open_checked(target, self.boot, &self.images).map_err(ActionError::Refused)?;
+        self.protected
+            .check_process(target.pid)
+            .map_err(ActionError::Refused)?;
+        Ok(fd)
+    }
+
+    fn signal_target(&self, target: &ExecId, sig: i32) -> Outcome {
+        let fd = match self.checked_target(target) {
             Ok(fd) => fd,
-            Err(e) => return Outcome::refused(e),
+            Err(e) => return e.into(),
         };
-        if let Err(e) = self.protected.check_process(target.pid) {
-            return Outcome::refused(e);
-        }
         match fd.signal(sig) {
             Ok(()) => Outcome::ok(format!("signal {sig} sent to {target} through a pidfd")),
             Err(e) => Outcome::failed(format!("cannot signal {target}: {e}")),
         }
     }
 
-    fn execute(&mut self, command: &Command) -> Outcome {
-        match &command.action {
-            Action::Kill { target } => self.signal_target(target, libc::SIGKILL),
-            Action::Suspend { target, ttl_secs } => {
-                let outcome = self.signal_target(target, libc::SIGSTOP);
-                if outcome.status == CommandStatus::Ok {
-                    self.remember(Enforced::Suspend { target: *target }, *ttl_secs, command);
+    fn execute(&mut self, command: &Command) -> Step {
+        Step::Now(match &command.action {
+            Action::Kill {
+                target,
+                tree: false,
+            } => {
+                let outcome = self.signal_target(target, libc::SIGKILL);
+                if outcome.status == Status::Ok {
+                    self.release_suspension(target);
                 }
                 outcome
             }
-            Action::Resume { target } => {
-                let outcome = self.signal_target(target, libc::SIGCONT);
-                self.forget(&Enforced::Suspend { target: *target });
-                outcome
-            }
+            Action::Kill { target, tree: true } => self.kill_tree(target),
+            Action::Suspend { target, ttl_secs } => self.suspend(target, *ttl_secs, command),
+            Action::Resume { target } => self.resume(target),
             Action::Dump { target } => {
-                if let Err(e) = proc::check_identity(target, self.boot, &self.images)
-                    .and_then(|()| self.protected.check_process(target.pid))
-                {
-                    return Outcome::refused(e);
+                if let Err(e) = self.checked_target(target) {
+                    return Step::Now(e.into());
                 }
-                match files::dump(target, &self.section.dump_dir, self.section.dump_max_bytes) {
-                    Ok(dir) => Outcome {
-                        output: Some(dir.display().to_string()),
-                        ..Outcome::ok(format!("memory of {target} dumped"))
-                    },
-                    Err(e) => Outcome::failed(e),
-                }
+                let (target, dir, max) = (
+                    *target,
+                    self.section.dump_dir.clone(),
+                    self.section.dump_max_bytes,
+                );
+                let deadline = Instant::now() + Duration::from_secs(self.section.dump_timeout_secs);
+                return Step::Later(Box::new(move || {
+                    match dump::dump(&target, &dir, max, deadline) {
+                        Ok(report) => Outcome {
+                            dump_path: Some(report.dir.display().to_string()),
+                            ..Outcome::ok(report.summary())
+                        },
+                        Err(e) => Outcome::failed(e),
+                    }
+                }));
             }
             Action::Quarantine { target, path } => {
-                let path = match (target, path) {
-                    (Some(t), _) => {
-                        if let Err(e) = proc::check_identity(t, self.boot, &self.images)
-                            .and_then(|()| self.protected.check_process(t.pid))
-                        {
-                            return Outcome::refused(e);
-                        }
-                        match proc::exe_file(t.pid) {
-                            Ok((p, _, _)) => p,
-                            Err(e) => {
-                                return Outcome::failed(format!(
-                                    "cannot find the executable of {t}: {e}"
-                                ))
-                            }
-                        }
-                    }
-                    (None, Some(p)) => PathBuf::from(p),
-                    (None, None) => return Outcome::refused("quarantine needs a target or a path"),
-                };
-                if let Err(e) = self.protected.check_file(&path) {
-                    return Outcome::refused(e);
-                }
-                match files::quarantine(
-                    &path,
-                    &self.section.quarantine_dir,
-                    command.finding_id.clone(),
-                ) {
-                    Ok(rec) => Outcome {
-                        output: Some(
-                            self.section
-                                .quarantine_dir
-                                .join(&rec.id)
-                                .display()
-                                .to_string(),
-                        ),
-                        ..Outcome::ok(format!(
-                            "{} quarantined as {} (sha256 {})",
-                            rec.original_path, rec.id, rec.sha256
-                        ))
-                    },
-                    Err(e) => Outcome::failed(e),
+                match self.quarantine_job(*target, path, command) {
+                    Ok(job) => return Step::Later(job),
+                    Err(e) => e.into(),
                 }
             }
             Action::Block {
@@ -505,17 +630,13 @@ impl Actuator {
                 port,
                 ttl_secs,
             } => {
-                let net: IpNet = match cidr
-                    .parse::<IpNet>()
-                    .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
-                {
-                    Ok(n) => n.trunc(),
-                    Err(_) => {
-                        return Outcome::refused(format!("{cidr:?} is not an IP address or CIDR"))
-                    }
+                let Some(net) = protocol::net::parse_net(cidr) else {
+                    return Step::Now(Outcome::refused(format!(
+                        "{cidr:?} is not an IP address or CIDR"
+                    )));
                 };
                 if let Err(e) = self.protected.check_destination(&net, *port) {
-                    return Outcome::refused(e);
+                    return Step::Now(Outcome::refused(e));
                 }
                 let what = Enforced::Block {
                     cidr: net.to_string(),
@@ -534,14 +655,10 @@ impl Actuator {
                 }
             }
             Action::Unblock { cidr, port } => {
-                let net: IpNet = match cidr
-                    .parse::<IpNet>()
-                    .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
-                {
-                    Ok(n) => n.trunc(),
-                    Err(_) => {
-                        return Outcome::refused(format!("{cidr:?} is not an IP address or CIDR"))
-                    }
+                let Some(net) = protocol::net::parse_net(cidr) else {
+                    return Step::Now(Outcome::refused(format!(
+                        "{cidr:?} is not an IP address or CIDR"
+                    )));
                 };
                 let what = Enforced::Block {
                     cidr: net.to_string(),
@@ -554,33 +671,295 @@ impl Actuator {
                     Err(e) => Outcome::failed(e),
                 }
             }
-            Action::KillOnExec { path, ttl_secs } => {
-                let Some(path) = path else {
-                    return Outcome::refused("kill_on_exec needs a path");
-                };
-                let (dev, ino) = match self.protected.check_file(std::path::Path::new(path)) {
-                    Ok(id) => id,
-                    Err(e) => return Outcome::refused(e),
-                };
-                let what = Enforced::KillOnExec {
-                    path: path.clone(),
-                    dev,
-                    ino,
-                };
-                match self.apply(&what) {
-                    Ok(()) => {
-                        self.remember(what, *ttl_secs, command);
-                        Outcome::ok(format!(
-                            "{path} (device {dev}, inode {ino}) is killed on exec"
-                        ))
+            Action::KillOnExec {
+                path,
+                target,
+                ttl_secs,
+            } => match self.kill_on_exec_file(path.as_deref(), target.as_ref()) {
+                Ok((path, dev, ino)) => {
+                    let what = Enforced::KillOnExec {
+                        path: path.clone(),
+                        dev,
+                        ino,
+                    };
+                    match self.apply(&what) {
+                        Ok(()) => {
+                            self.remember(what, *ttl_secs, command);
+                            Outcome::ok(format!(
+                                "{path} (device {dev}, inode {ino}) is killed on exec"
+                            ))
+                        }
+                        Err(e) => Outcome::failed(e),
                     }
-                    Err(e) => Outcome::failed(e),
                 }
+                Err(e) => e.into(),
+            },
+        })
+    }
+
+    /// Thaws and forgets a suspension of `target` (after it was killed).
+    fn release_suspension(&mut self, target: &ExecId) {
+        let key = Enforced::Suspend {
+            target: *target,
+            frozen: None,
+        };
+        if let Some(Enforced::Suspend {
+            frozen: Some(frozen),
+            ..
+        }) = self.forget(&key)
+        {
+            if let Err(e) = freeze::thaw(&frozen) {
+                tracing::warn!("actuator: cannot remove the freezer cgroup of {target}: {e}");
             }
         }
     }
 
-    /// Serves `osprey.cmd.<host>` until `shutdown` resolves, expiring TTLs every second.
+    /// Stops the process (SIGSTOP, so /proc shows it stopped) and freezes it in a cgroup of
+    /// its own, which its user cannot undo.
+    fn suspend(&mut self, target: &ExecId, ttl_secs: Option<u64>, command: &Command) -> Outcome {
+        let fd = match self.checked_target(target) {
+            Ok(fd) => fd,
+            Err(e) => return e.into(),
+        };
+        if let Err(e) = fd.signal(libc::SIGSTOP) {
+            return Outcome::failed(format!("cannot stop {target}: {e}"));
+        }
+        let (frozen, how) = match freeze::freeze(target.pid, target.start_ticks, &self.cgroup_root) {
+            Ok(frozen) => {
+                let how = format!("frozen in {}", frozen.cgroup.display());
+                (Some(frozen), how)
+            }
+            Err(e) => (
+                None,
+                format!("stopped with SIGSTOP only (its user can resume it): the cgroup freezer failed: {e}"),
+            ),
+        };
+        self.remember(
+            Enforced::Suspend {
+                target: *target,
+                frozen,
+            },
+            ttl_secs,
+            command,
+        );
+        Outcome::ok(format!(
+            "{target} suspended, {how}{}",
+            ttl_secs.map(|s| format!(" for {s}s")).unwrap_or_default()
+        ))
+    }
+
+    fn resume(&mut self, target: &ExecId) -> Outcome {
+        let fd = match self.checked_target(target) {
+            Ok(fd) => fd,
+            Err(e) => return e.into(),
+        };
+        let key = Enforced::Suspend {
+            target: *target,
+            frozen: None,
+        };
+        if let Some(Enforced::Suspend {
+            frozen: Some(frozen),
+            ..
+        }) = self.forget(&key)
+        {
+            if let Err(e) = freeze::thaw(&frozen) {
+                return Outcome::failed(format!("cannot thaw {target}: {e}"));
+            }
+        }
+        match fd.signal(libc::SIGCONT) {
+            Ok(()) => Outcome::ok(format!("{target} resumed")),
+            Err(e) => Outcome::failed(format!("cannot resume {target}: {e}")),
+        }
+    }
+
+    /// Kills `target` and every descendant. The tree is stopped first, level by level, until
+    /// no new member appears (a stopped process cannot fork), then every member is killed
+    /// through a pidfd opened while its identity held. Protected members are spared.
+    fn kill_tree(&mut self, target: &ExecId) -> Outcome {
+        let root = match self.checked_target(target) {
+            Ok(fd) => fd,
+            Err(e) => return e.into(),
+        };
+        let _ = root.signal(libc::SIGSTOP);
+        let mut members: Vec<(Member, PidFd)> = Vec::new();
+        let mut spared: Vec<String> = Vec::new();
+        let mut known: Vec<u32> = vec![target.pid];
+        for _round in 0..64 {
+            // Children by /proc parentage, and by the table's fork parentage (which still
+            // knows children reparented to init).
+            let mut found: Vec<Member> = proc::children_of(&known);
+            for image in self.images.descendants(target) {
+                found.push(Member {
+                    pid: image.exec_id.pid,
+                    start_ticks: image.exec_id.start_ticks,
+                });
+            }
+            found.retain(|m| !known.contains(&m.pid));
+            found.sort_by_key(|m| m.pid);
+            found.dedup();
+            if found.is_empty() {
+                break;
+            }
+            for member in found {
+                known.push(member.pid);
+                if let Err(why) = self.protected.check_process(member.pid) {
+                    spared.push(why);
+                    continue;
+                }
+                if let Some(fd) = proc::open_if_same(member.pid, member.start_ticks) {
+                    let _ = fd.signal(libc::SIGSTOP);
+                    members.push((member, fd));
+                }
+            }
+        }
+        let mut killed = vec![target.pid];
+        let _ = root.signal(libc::SIGKILL);
+        for (member, fd) in &members {
+            if fd.signal(libc::SIGKILL).is_ok() {
+                killed.push(member.pid);
+            }
+        }
+        self.release_suspension(target);
+        let mut reason = format!(
+            "killed {} process(es) of the tree of {target}: pids {}",
+            killed.len(),
+            killed
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        if !spared.is_empty() {
+            reason.push_str(&format!("; spared {}", spared.join("; ")));
+        }
+        Outcome::ok(reason)
+    }
+
+    /// The file a kill-on-exec names: the target's executable (by the identity the kernel
+    /// reported, even once the process is gone), or a path on the host resolved without
+    /// following any symbolic link.
+    fn kill_on_exec_file(
+        &self,
+        path: Option<&str>,
+        target: Option<&ExecId>,
+    ) -> Result<(String, u64, u64), ActionError> {
+        let (shown, dev, ino) = match (target, path) {
+            (Some(target), _) => {
+                let image = self.image_of(target)?;
+                let file = image.file.ok_or_else(|| {
+                    ActionError::Refused(format!(
+                        "the kernel reported no executable identity for {target}"
+                    ))
+                })?;
+                (image.exe, file.dev, file.ino)
+            }
+            (None, Some(path)) => {
+                let meta = host_file(path)?;
+                use std::os::unix::fs::MetadataExt;
+                (path.to_string(), meta.dev(), meta.ino())
+            }
+            (None, None) => {
+                return Err(ActionError::Refused(
+                    "kill_on_exec needs a target or a path".into(),
+                ))
+            }
+        };
+        self.protected
+            .check_file(Path::new(&shown), dev, ino)
+            .map_err(ActionError::Refused)?;
+        Ok((shown, dev, ino))
+    }
+
+    /// The table's image for `target`, alive or recently exited, if it is that image.
+    fn image_of(&self, target: &ExecId) -> Result<Image, ActionError> {
+        match self.images.get(target.pid) {
+            Some(image) if image.exec_id == *target && target.boot == self.boot => Ok(image),
+            Some(image) => Err(ActionError::Refused(format!(
+                "stale ExecId {target}: pid {} is now {}",
+                target.pid, image.exec_id
+            ))),
+            None => Err(ActionError::Refused(format!(
+                "unknown ExecId {target}: pid {} is not in this host's process table",
+                target.pid
+            ))),
+        }
+    }
+
+    /// Prepares a quarantine: everything that can be checked now is, the file work runs
+    /// later. A live target's executable is found in its own mount namespace; a target that
+    /// exited (killed first) by the path and identity the kernel reported at exec.
+    fn quarantine_job(
+        &self,
+        target: Option<ExecId>,
+        path: &Option<String>,
+        command: &Command,
+    ) -> Result<Box<dyn FnOnce() -> Outcome + Send>, ActionError> {
+        let (root, shown, expect, foreign) = match (target, path) {
+            (Some(t), _) => {
+                let image = self.image_of(&t)?;
+                if image.exited {
+                    (PathBuf::from("/"), image.exe, image.file, false)
+                } else {
+                    proc::check_identity(&t, self.boot, &self.images)
+                        .map_err(ActionError::Refused)?;
+                    self.protected
+                        .check_process(t.pid)
+                        .map_err(ActionError::Refused)?;
+                    let (path, _, _) = proc::exe_file(t.pid).map_err(|e| {
+                        ActionError::Failed(format!("cannot find the executable of {t}: {e}"))
+                    })?;
+                    let path = path.to_string_lossy().into_owned();
+                    if path.ends_with(" (deleted)") {
+                        return Err(ActionError::Refused(format!(
+                            "the executable of {t} is no longer at its path ({path})"
+                        )));
+                    }
+                    let root = PathBuf::from(format!("/proc/{}/root", t.pid));
+                    (root, path, image.file, in_other_namespace(t.pid))
+                }
+            }
+            (None, Some(p)) => (PathBuf::from("/"), p.clone(), None, false),
+            (None, None) => {
+                return Err(ActionError::Refused(
+                    "quarantine needs a target or a path".into(),
+                ))
+            }
+        };
+        let protected = self.protected.clone();
+        let dir = self.section.quarantine_dir.clone();
+        let hard_links = self.section.quarantine_hard_links;
+        let finding = command.finding_id.clone();
+        Ok(Box::new(move || {
+            let target = quarantine::Target {
+                root,
+                path: &shown,
+                expect,
+                foreign_namespace: foreign,
+            };
+            let check =
+                |path: &Path, id: crate::source::FileId| protected.check_file(path, id.dev, id.ino);
+            match quarantine::quarantine(&target, &dir, finding, hard_links, check) {
+                Ok(rec) => Outcome {
+                    quarantine_path: Some(dir.join(&rec.id).display().to_string()),
+                    ..Outcome::ok(format!(
+                        "{}{} quarantined as {} (sha256 {})",
+                        rec.original_path,
+                        if rec.foreign_namespace {
+                            " (in the process's mount namespace)"
+                        } else {
+                            ""
+                        },
+                        rec.id,
+                        rec.sha256
+                    ))
+                },
+                Err(e) => e.into(),
+            }
+        }))
+    }
+
+    /// Serves `osprey.cmd.<host>` until `shutdown` resolves, expiring TTLs every half second.
+    /// Long actions run on the blocking pool and answer when done.
     pub async fn run(
         mut self,
         client: async_nats::Client,
@@ -605,17 +984,17 @@ impl Actuator {
             tokio::select! {
                 msg = sub.next() => {
                     let Some(msg) = msg else { break };
-                    // The actuator has a thread of its own (see `main`): blocking here (a
-                    // memory dump, a quarantine copy) never stalls the event pipeline.
-                    let result = self.handle(&msg.payload);
-                    if let Some(reply) = msg.reply {
-                        match protocol::encode(&result) {
-                            Ok(bytes) => {
-                                if let Err(e) = client.publish(reply, bytes.into()).await {
-                                    tracing::warn!("actuator: cannot reply: {e}");
+                    let reply = msg.reply.clone();
+                    match self.handle(&msg.payload) {
+                        Handled::Done(result) => send_reply(&client, reply, &result).await,
+                        Handled::Later(action) => {
+                            let client = client.clone();
+                            tokio::spawn(async move {
+                                match tokio::task::spawn_blocking(move || action.finish()).await {
+                                    Ok(result) => send_reply(&client, reply, &result).await,
+                                    Err(e) => tracing::error!("actuator: a long action failed: {e}"),
                                 }
-                            }
-                            Err(e) => tracing::error!("actuator: cannot encode a reply: {e}"),
+                            });
                         }
                     }
                 }
@@ -624,4 +1003,71 @@ impl Actuator {
             }
         }
     }
+}
+
+/// How a command goes on after its checks.
+enum Step {
+    Now(Outcome),
+    Later(Box<dyn FnOnce() -> Outcome + Send>),
+}
+
+async fn send_reply(
+    client: &async_nats::Client,
+    reply: Option<async_nats::Subject>,
+    result: &CommandResult,
+) {
+    let Some(reply) = reply else { return };
+    match protocol::encode(result) {
+        Ok(bytes) => {
+            if let Err(e) = client.publish(reply, bytes.into()).await {
+                tracing::warn!("actuator: cannot reply: {e}");
+            }
+        }
+        Err(e) => tracing::error!("actuator: cannot encode a reply: {e}"),
+    }
+}
+
+/// Whether `pid` lives in another mount namespace than the collector (a container).
+fn in_other_namespace(pid: u32) -> bool {
+    let ns = |p: &str| std::fs::read_link(p).ok();
+    ns(&format!("/proc/{pid}/ns/mnt")) != ns("/proc/self/ns/mnt")
+}
+
+/// A file on the host named by an operator: a regular file, reached without following any
+/// symbolic link.
+fn host_file(path: &str) -> Result<std::fs::Metadata, ActionError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(ActionError::Refused(format!(
+            "{path} is not an absolute path"
+        )));
+    }
+    // Each directory on the way must be a directory, not a link to one.
+    let mut at = PathBuf::from("/");
+    for part in p.parent().into_iter().flat_map(|d| d.components().skip(1)) {
+        at.push(part);
+        let meta = std::fs::symlink_metadata(&at)
+            .map_err(|e| ActionError::Refused(format!("{}: {e}", at.display())))?;
+        if !meta.is_dir() {
+            return Err(ActionError::Refused(format!(
+                "{} on the way to {path} is not a directory (a symbolic link is not followed)",
+                at.display()
+            )));
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(p)
+        .map_err(|e| ActionError::Refused(format!("{path}: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| ActionError::Failed(format!("cannot stat {path}: {e}")))?;
+    if !meta.is_file() {
+        return Err(ActionError::Refused(format!(
+            "{path} is not a regular file (a symbolic link is not followed)"
+        )));
+    }
+    Ok(meta)
 }

@@ -11,15 +11,38 @@ use std::{
 use protocol::{ExecId, FindingId, Timestamp};
 use serde::{Deserialize, Serialize};
 
+use super::freeze::Frozen;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Enforced {
-    Block { cidr: String, port: Option<u16> },
-    KillOnExec { path: String, dev: u64, ino: u64 },
-    Suspend { target: ExecId },
+    Block {
+        cidr: String,
+        port: Option<u16>,
+    },
+    KillOnExec {
+        path: String,
+        dev: u64,
+        ino: u64,
+    },
+    Suspend {
+        target: ExecId,
+        /// The freezer cgroup holding it (none: stopped with SIGSTOP only).
+        #[serde(default)]
+        frozen: Option<Frozen>,
+    },
 }
 
 impl Enforced {
+    /// Whether `other` is the same enforcement (a suspension is the same whatever cgroup
+    /// holds it).
+    pub fn same_as(&self, other: &Enforced) -> bool {
+        match (self, other) {
+            (Enforced::Suspend { target: a, .. }, Enforced::Suspend { target: b, .. }) => a == b,
+            _ => self == other,
+        }
+    }
+
     pub fn action_name(&self) -> &'static str {
         match self {
             Enforced::Block { .. } => "block",
@@ -36,7 +59,7 @@ impl Enforced {
             } => format!("{cidr} port {p}"),
             Enforced::Block { cidr, port: None } => cidr.clone(),
             Enforced::KillOnExec { path, .. } => path.clone(),
-            Enforced::Suspend { target } => target.to_string(),
+            Enforced::Suspend { target, .. } => target.to_string(),
         }
     }
 }

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use protocol::{Detector, Event, EventDetail};
 use rules::Heuristics as Settings;
 
-use super::Detection;
+use super::{engines::ScriptEngines, Detection};
 use crate::config::HeuristicsSection;
 
 pub const SCRIPT_ENGINE_NETWORK: &str = "osprey.script-engine-network";
@@ -20,27 +20,17 @@ pub struct Heuristics {
     safe_paths: Vec<PathBuf>,
     ignored: Vec<PathBuf>,
     local: Vec<IpNet>,
-    /// Exact names, and prefixes (from `name*`).
-    engines: Vec<String>,
-    engine_prefixes: Vec<String>,
+    engines: ScriptEngines,
 }
 
 impl Heuristics {
     pub fn new(section: &HeuristicsSection, local: Vec<IpNet>) -> Self {
-        let (prefixes, exact): (Vec<&String>, Vec<&String>) = section
-            .script_engines
-            .iter()
-            .partition(|s| s.ends_with('*'));
         Heuristics {
             enabled: section.enabled,
             safe_paths: section.safe_paths.clone(),
             ignored: section.ignored_executables.clone(),
             local,
-            engines: exact.into_iter().map(|s| s.to_ascii_lowercase()).collect(),
-            engine_prefixes: prefixes
-                .into_iter()
-                .map(|s| s.trim_end_matches('*').to_ascii_lowercase())
-                .collect(),
+            engines: ScriptEngines::new(&section.script_engines),
         }
     }
 
@@ -55,19 +45,7 @@ impl Heuristics {
         [Some(p.name.as_str()), invoked]
             .into_iter()
             .flatten()
-            .find(|name| {
-                let lower = name.to_ascii_lowercase();
-                self.engines.contains(&lower)
-                    || self.engine_prefixes.iter().any(|pre| {
-                        // "python3.11" matches "python*", "pythonista" does not.
-                        lower.strip_prefix(pre.as_str()).is_some_and(|rest| {
-                            rest.is_empty()
-                                || rest.starts_with(|c: char| {
-                                    c.is_ascii_digit() || c == '.' || c == '-'
-                                })
-                        })
-                    })
-            })
+            .find(|name| self.engines.matches(name))
     }
 
     fn exempt(&self, event: &Event) -> bool {

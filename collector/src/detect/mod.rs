@@ -1,5 +1,6 @@
 //! Detectors: each looks at an enriched event and says what it concludes.
 
+pub mod engines;
 pub mod heuristics;
 pub mod memory;
 pub mod reload;

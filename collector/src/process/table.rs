@@ -111,6 +111,8 @@ impl ProcessTable {
             exec_id: process.exec_id,
             parent: process.parent_exec_id,
             file,
+            exe: process.exe.clone(),
+            exited: false,
         });
         self.entries.insert(
             key.pid,
@@ -135,14 +137,13 @@ impl ProcessTable {
         while let Some((key, _)) = self.exited.pop_front() {
             if self.is_current_exit(&key) {
                 self.entries.remove(&key.pid);
+                self.images.remove(key.pid);
                 self.evicted += 1;
                 return;
             }
         }
-        if let Some((pid, entry)) = self.entries.pop_front() {
-            if entry.exited.is_none() {
-                self.images.remove(pid);
-            }
+        if let Some((pid, _)) = self.entries.pop_front() {
+            self.images.remove(pid);
             self.evicted += 1;
             tracing::debug!(pid, "process table full: evicted an entry");
         }
@@ -281,7 +282,7 @@ impl ProcessTable {
         entry.exited = Some(now);
         let process = entry.process.clone();
         self.exited.push_back((key, now));
-        self.images.remove(key.pid);
+        self.images.mark_exited(key.pid);
         Some(process)
     }
 
@@ -345,6 +346,7 @@ impl ProcessTable {
             self.exited.pop_front();
             if self.is_current_exit(&key) {
                 self.entries.remove(&key.pid);
+                self.images.remove(key.pid);
             }
         }
     }
@@ -447,7 +449,11 @@ mod tests {
         assert_eq!(images.get(400).map(|i| i.exec_id.seq), Some(q.exec_id.seq));
         assert_ne!(p.exec_id, q.exec_id);
         t.exit(key(400, 7));
-        assert_eq!(images.get(400), None);
+        let gone = images
+            .get(400)
+            .expect("kept while the table keeps the exit");
+        assert!(gone.exited);
+        assert_eq!(gone.exe, "/bin/b");
     }
 
     #[test]

@@ -143,6 +143,9 @@ pub struct SourceOptions {
     pub connect_outcome_wait: std::time::Duration,
     /// Override of the cgroup v2 mount (autodetected when `None`).
     pub cgroup_root: Option<PathBuf>,
+    /// Where enforcement (block and kill-on-exec maps, and the links of the programs that
+    /// enforce them) is pinned so it outlives a restart (Linux: a bpffs directory).
+    pub pin_dir: PathBuf,
 }
 
 /// Reads one process from the platform after the fact, shaped like an exec record (argv,

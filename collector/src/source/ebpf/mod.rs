@@ -6,26 +6,32 @@ mod connect;
 mod decode;
 mod enforce;
 mod offsets;
+mod persist;
 mod preflight;
 pub mod procfs;
 mod tracefs;
 
 use std::{
+    os::fd::AsFd,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::Instant,
 };
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint},
+    programs::{CgroupSockAddr, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use protocol::{ArgvSource, ExitEvent, Timestamp};
 use sensor_common::{CgroupDrops, DropKind, InflightConnect, TrackedSock, EXEC_HAS_TTY};
 use tokio::io::unix::AsyncFd;
 
-pub use self::enforce::EbpfEnforcement;
 use self::{connect::ConnectJoiner, decode::Record};
+pub use self::{enforce::EbpfEnforcement, persist::hold_forever, preflight::cgroup2_root};
 use super::{
     EventSource, ExecRecord, ExitRecord, FileId, ForkRecord, ProcessKey, ProcessReader,
     SensorEvent, SourceError, SourceOptions, SourceStats,
@@ -55,7 +61,16 @@ const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// minutes (tcp_syn_retries = 6) and a connect syscall returns by then.
 const TRACKING_STALE_NS: u64 = 300 * 1_000_000_000;
 
-const SOCK_ADDR_PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// The cgroup hooks and their attach types (uapi `enum bpf_attach_type`).
+const SOCK_ADDR_PROGRAMS: &[(&str, u32)] = &[
+    ("connect4", 10), // BPF_CGROUP_INET4_CONNECT
+    ("connect6", 11), // BPF_CGROUP_INET6_CONNECT
+    ("sendmsg4", 14), // BPF_CGROUP_UDP4_SENDMSG
+    ("sendmsg6", 15), // BPF_CGROUP_UDP6_SENDMSG
+];
+
+/// The raw tracepoint program that enforces kill-on-exec, held with the cgroup hooks.
+const KILL_ON_EXEC_PROGRAM: &str = "enforce_exec";
 
 /// Converts the kernel's CLOCK_BOOTTIME stamps to wall-clock time.
 struct BootClock {
@@ -94,6 +109,11 @@ pub struct EbpfSource {
     cgroup_root: PathBuf,
     expiry: tokio::time::Interval,
     sweep: tokio::time::Interval,
+    /// Enforcement that outlives the collector, released (or kept, while something is
+    /// enforced) when the source goes away.
+    persistence: Option<persist::Persistence>,
+    /// Active blocks and kill-on-exec entries (kept by the actuator).
+    enforcing: Arc<AtomicU64>,
     /// Where exec records are decoded (reused: they are 6 KiB).
     exec_buf: Box<sensor_common::ExecRecord>,
     /// When the last non-empty batch was handed out (see [`BATCH_INTERVAL`]).
@@ -266,9 +286,22 @@ impl Translator {
 }
 
 impl EbpfSource {
-    /// The block and kill-on-exec maps, for the actuator (once).
-    pub fn take_enforcement(&mut self) -> Result<EbpfEnforcement, SourceError> {
+    /// The block and kill-on-exec maps, for the actuator (once), and the gauge of what it
+    /// enforces: while it is not zero, enforcement stays attached when the collector stops.
+    pub fn take_enforcement(
+        &mut self,
+        enforcing: Arc<AtomicU64>,
+    ) -> Result<EbpfEnforcement, SourceError> {
+        self.enforcing = enforcing;
         EbpfEnforcement::take(&mut self.ebpf).map_err(SourceError::Other)
+    }
+}
+
+impl Drop for EbpfSource {
+    fn drop(&mut self) {
+        if let Some(persistence) = self.persistence.take() {
+            persistence.release(self.enforcing.load(Ordering::Relaxed) > 0);
+        }
     }
 }
 
@@ -289,10 +322,12 @@ impl EventSource for EbpfSource {
         let offsets = offsets::resolve(Path::new(preflight::KERNEL_BTF), &tracefs)
             .map_err(|e| SourceError::Unsupported(format!("cannot lay out kernel records: {e}")))?;
         let collector_tgid = std::process::id();
+        let mut persistence = persist::Persistence::prepare(&options.pin_dir)?;
         let mut ebpf = EbpfLoader::new()
             .set_global("OFFSETS", &offsets, true)
             .set_global("COLLECTOR_TGID", &collector_tgid, true)
             .set_max_entries("EVENTS", options.buffer_bytes)
+            .map_pin_path(persistence.maps_dir())
             .load(OBJECT)
             .map_err(|e| load_error("cannot load the eBPF object", e))?;
 
@@ -310,6 +345,19 @@ impl EventSource for EbpfSource {
         }
         {
             let p: &mut RawTracePoint = ebpf
+                .program_mut(KILL_ON_EXEC_PROGRAM)
+                .ok_or_else(|| SourceError::Other("eBPF object lacks enforce_exec".into()))?
+                .try_into()
+                .map_err(|e| load_error(KILL_ON_EXEC_PROGRAM, e))?;
+            p.load()
+                .map_err(|e| load_error("verifier rejected enforce_exec", e))?;
+            let fd = p.fd().map_err(|e| load_error(KILL_ON_EXEC_PROGRAM, e))?;
+            persistence
+                .attach_raw_tracepoint(fd.as_fd(), "sched_process_exec")
+                .map_err(|e| SourceError::Other(format!("cannot attach enforce_exec: {e}")))?;
+        }
+        {
+            let p: &mut RawTracePoint = ebpf
                 .program_mut("sched_process_fork")
                 .ok_or_else(|| SourceError::Other("eBPF object lacks sched_process_fork".into()))?
                 .try_into()
@@ -323,7 +371,7 @@ impl EventSource for EbpfSource {
             context: format!("cannot open cgroup v2 root {}", cgroup_root.display()),
             source,
         })?;
-        for prog in SOCK_ADDR_PROGRAMS {
+        for (prog, attach_type) in SOCK_ADDR_PROGRAMS {
             let p: &mut CgroupSockAddr = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| SourceError::Other(format!("eBPF object lacks program {prog}")))?
@@ -331,15 +379,21 @@ impl EventSource for EbpfSource {
                 .map_err(|e| load_error(prog, e))?;
             p.load()
                 .map_err(|e| load_error(&format!("verifier rejected {prog}"), e))?;
-            // On kernels >= 5.7 aya attaches through a bpf_link, which always has multi-attach
-            // semantics (descendant cgroups — a container runtime's, a test's — can attach
-            // their own) and which rejects any explicit mode flag with EINVAL.
-            p.attach(&cgroup, CgroupAttachMode::Single).map_err(|e| {
-                load_error(
-                    &format!("cannot attach {prog} to {}", cgroup_root.display()),
-                    e,
-                )
-            })?;
+            // A bpf_link has multi-attach semantics: descendant cgroups (a container
+            // runtime's, a test's) can attach their own.
+            let fd = p.fd().map_err(|e| load_error(prog, e))?;
+            persistence
+                .attach_cgroup(fd.as_fd(), cgroup.as_fd(), *attach_type)
+                .map_err(|e| {
+                    SourceError::Other(format!(
+                        "cannot attach {prog} to {}: {e}",
+                        cgroup_root.display()
+                    ))
+                })?;
+        }
+        let retired = persistence.hold()?;
+        if retired > 0 {
+            tracing::info!(retired, "took over enforcement from the previous collector");
         }
 
         let ring: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
@@ -373,6 +427,8 @@ impl EventSource for EbpfSource {
             cgroup_root,
             expiry,
             sweep,
+            persistence: Some(persistence),
+            enforcing: Arc::new(AtomicU64::new(0)),
             exec_buf: decode::new_exec_buffer(),
             last_batch: None,
             translator: Translator {
