@@ -2,6 +2,7 @@
 //! real eBPF programs into this kernel), and real processes. Tests run one at a time
 //! (`cargo xtask test` passes `--test-threads=1`): each loads the sensor.
 
+pub mod actuation;
 pub mod cgroup;
 pub mod collector;
 pub mod nats;

@@ -802,14 +802,19 @@ impl Actuator {
             }
             for member in found {
                 known.push(member.pid);
+                // Gone already (or a zombie): nothing to stop, but its children are searched.
+                let Some(fd) = proc::open_if_same(member.pid, member.start_ticks) else {
+                    continue;
+                };
+                if proc::exe_file(member.pid).is_err() {
+                    continue;
+                }
                 if let Err(why) = self.protected.check_process(member.pid) {
                     spared.push(why);
                     continue;
                 }
-                if let Some(fd) = proc::open_if_same(member.pid, member.start_ticks) {
-                    let _ = fd.signal(libc::SIGSTOP);
-                    members.push((member, fd));
-                }
+                let _ = fd.signal(libc::SIGSTOP);
+                members.push((member, fd));
             }
         }
         let mut killed = vec![target.pid];

@@ -37,26 +37,24 @@ impl Images {
     }
 
     /// Live processes descending from `root` (children found by fork parentage, so a child
-    /// reparented to init is still found), `root` excluded.
+    /// reparented to init is still found, also through a parent that exited), `root`
+    /// excluded.
     pub fn descendants(&self, root: &ExecId) -> Vec<Image> {
         let Ok(map) = self.0.read() else {
             return Vec::new();
         };
-        let mut out: Vec<Image> = Vec::new();
+        let mut seen: Vec<&Image> = Vec::new();
         let mut frontier = vec![*root];
         while let Some(parent) = frontier.pop() {
             for image in map.values() {
                 let child_of = image.parent.is_some_and(|p| p.same_process(&parent));
-                if child_of
-                    && !image.exited
-                    && !out.iter().any(|o| o.exec_id.same_process(&image.exec_id))
-                {
-                    out.push(image.clone());
+                if child_of && !seen.iter().any(|o| o.exec_id.same_process(&image.exec_id)) {
+                    seen.push(image);
                     frontier.push(image.exec_id);
                 }
             }
         }
-        out
+        seen.into_iter().filter(|i| !i.exited).cloned().collect()
     }
 
     pub(super) fn set(&self, image: Image) {
