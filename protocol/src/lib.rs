@@ -15,6 +15,7 @@ pub mod heartbeat;
 pub mod net;
 pub mod process;
 pub mod quarantine;
+pub mod query;
 pub mod severity;
 pub mod signing;
 pub mod subject;
@@ -34,6 +35,10 @@ pub use process::{
     Ancestor, ArgvSource, ArgvTruncation, BootId, ExecId, ExecIdParseError, Process,
 };
 pub use quarantine::QuarantineRecord;
+pub use query::{
+    ConnectionState, FindingSummary, ProcessFilter, ProcessState, Query, QueryKind, Risk, Snapshot,
+    SortKey,
+};
 pub use severity::Severity;
 pub use time::Timestamp;
 

@@ -43,6 +43,11 @@ pub fn command(host: &str) -> String {
     format!("osprey.cmd.{}", host_token(host))
 }
 
+/// Host state queries (request/reply, operators only).
+pub fn query(host: &str) -> String {
+    format!("osprey.query.{}", host_token(host))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
