@@ -163,10 +163,10 @@ impl<S: EventSource> Pipeline<S> {
         let unknown_source =
             matches!(event, SensorEvent::Connect(_)) && self.table.get(pid).is_none();
         if unknown_source || self.resolver.is_waiting(pid) {
-            match self.resolver.park(pid, event) {
-                Ok(()) => return,
-                Err(event) => return self.process(event),
+            if let Some(event) = self.resolver.park(pid, event) {
+                self.process(event);
             }
+            return;
         }
         self.process(event);
     }

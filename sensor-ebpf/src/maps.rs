@@ -61,6 +61,8 @@ pub static BLOCK_PORT: LpmTrie<BlockPortData, u32> = LpmTrie::pinned(BLOCK_MAX_E
 pub static KILL_ON_EXEC: HashMap<FileKey, u32> = HashMap::pinned(KILL_ON_EXEC_MAX_ENTRIES, 0);
 
 const BPF_NOEXIST: u64 = 1;
+/// `-EEXIST`: the key was inserted by another CPU meanwhile.
+const ALREADY_THERE: i64 = -17;
 
 /// Counts a record that could not be delivered, on the host and for the current cgroup.
 #[inline(always)]
@@ -90,7 +92,7 @@ fn count_cgroup_drop(cgroup: u64, kind: DropKind) -> bool {
         match CGROUP_DROPS.insert(&cgroup, &counts, BPF_NOEXIST) {
             Ok(()) => return true,
             // Created by another CPU meanwhile: count into it on the next turn.
-            Err(e) if e == -17 => continue,
+            Err(ALREADY_THERE) => continue,
             Err(_) => return false,
         }
     }

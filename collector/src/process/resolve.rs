@@ -68,23 +68,24 @@ impl Resolver {
 
     /// Holds `event` until `pid` is read (asking for the read if it is the first event about
     /// it). Gives the event back when it cannot wait: the caller handles it now.
-    pub fn park(&mut self, pid: u32, event: SensorEvent) -> Result<(), SensorEvent> {
+    #[must_use]
+    pub fn park(&mut self, pid: u32, event: SensorEvent) -> Option<SensorEvent> {
         if self.parked_events >= MAX_PARKED {
             self.overflow += 1;
-            return Err(event);
+            return Some(event);
         }
         if !self.parked.contains_key(&pid) {
             match self.requests.try_send(pid) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                     self.overflow += 1;
-                    return Err(event);
+                    return Some(event);
                 }
             }
         }
         self.parked.entry(pid).or_default().push(event);
         self.parked_events += 1;
-        Ok(())
+        None
     }
 
     /// Asks for `pid` to be read without holding anything back (e.g. the parent of a fork,
