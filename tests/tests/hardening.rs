@@ -533,64 +533,12 @@ async fn a_kill_is_answered_while_a_large_dump_runs_and_the_dump_streams() {
     }
 }
 
-const SENDMMSG_FLOOD: &str = r#"
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-int main(int argc, char **argv) {
-    int total = atoi(argv[1]), port = atoi(argv[2]);
-    int s = socket(AF_INET, SOCK_DGRAM, 0);
-    static struct sockaddr_in to[1024];
-    static struct mmsghdr msgs[1024];
-    static struct iovec iov;
-    char byte = 'x';
-    iov.iov_base = &byte; iov.iov_len = 1;
-    for (int sent = 0; sent < total;) {
-        int n = total - sent < 1024 ? total - sent : 1024;
-        for (int i = 0; i < n; i++) {
-            int k = sent + i;
-            memset(&to[i], 0, sizeof to[i]);
-            to[i].sin_family = AF_INET;
-            to[i].sin_port = htons(port);
-            to[i].sin_addr.s_addr = htonl(0x7f000000u | (1u + (unsigned)k));
-            memset(&msgs[i], 0, sizeof msgs[i]);
-            msgs[i].msg_hdr.msg_name = &to[i];
-            msgs[i].msg_hdr.msg_namelen = sizeof to[i];
-            msgs[i].msg_hdr.msg_iov = &iov;
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
-        int r = sendmmsg(s, msgs, n, 0);
-        if (r <= 0) return 1;
-        sent += r;
-    }
-    return 0;
-}
-"#;
-
-const FORK_STORM: &str = r#"
-#include <stdlib.h>
-#include <unistd.h>
-#include <sys/wait.h>
-int main(int argc, char **argv) {
-    int n = atoi(argv[1]);
-    for (int i = 0; i < n; i++) {
-        pid_t p = fork();
-        if (p == 0) _exit(0);
-        if (p > 0 && i % 8 == 7) while (waitpid(-1, NULL, WNOHANG) > 0) {}
-    }
-    while (wait(NULL) > 0) {}
-    return 0;
-}
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_leave_nothing_pending() {
     let env = Env::new("flood").await;
     let collector = env.collector("", None).await;
-    let flood = workload::compile_c(env.dir.path(), "sendmmsg_flood", SENDMMSG_FLOOD);
-    let storm = workload::compile_c(env.dir.path(), "fork_storm", FORK_STORM);
+    let flood = workload::compile_c(env.dir.path(), "sendmmsg_flood", workload::SENDMMSG_FLOOD);
+    let storm = workload::compile_c(env.dir.path(), "fork_storm", workload::FORK_STORM);
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -11,13 +11,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use osprey_tests::{collector::Collector, marker, nats::NatsServer};
+use osprey_tests::{collector::Collector, eventually, marker, nats::NatsServer, workload};
 use protocol::{EventDetail, Timestamp};
 
 const EXECS: usize = 2_000;
 const CONNECTS: usize = 5_000;
 const LATENCY_SAMPLES: usize = 200;
 const ROUNDS: usize = 3;
+/// The flood scenario: distinct `sendmmsg` destinations, then short-lived processes.
+const FLOOD_DESTINATIONS: usize = 50_000;
+const FORK_STORM: usize = 10_000;
 
 /// The workloads run as child processes, so this process's own threads (its NATS subscriber
 /// decoding every event) don't compete with them inside one process.
@@ -199,6 +202,7 @@ async fn main() {
         peak_rss = peak_rss.max(peak_rss_kib(pid));
         drop(collector);
     }
+    let flood = floods(&client, &nats.url(), dir.path()).await;
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     println!(
         "osprey bench: {ROUNDS} interleaved rounds; {EXECS} execs and {CONNECTS} connects per run"
@@ -212,4 +216,41 @@ async fn main() {
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99)
     );
+    println!("{flood}");
+}
+
+/// A fresh collector through a `sendmmsg` flood to FLOOD_DESTINATIONS destinations and a
+/// storm of FORK_STORM short-lived processes: its peak RSS, and whether anything is left
+/// pending once the host is quiet.
+async fn floods(client: &async_nats::Client, url: &str, dir: &std::path::Path) -> String {
+    let flood = workload::compile_c(dir, "sendmmsg_flood", workload::SENDMMSG_FLOOD);
+    let storm = workload::compile_c(dir, "fork_storm", workload::FORK_STORM);
+    let collector = Collector::start(client, url, &dir.join("spool-flood"), &[]).await;
+    let pid = collector.pid();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let cpu0 = cpu_ticks(pid);
+    timed(Command::new(&flood).args([FLOOD_DESTINATIONS.to_string(), port.to_string()]));
+    timed(Command::new(&storm).arg(FORK_STORM.to_string()));
+    let quiet = eventually(Duration::from_secs(60), || {
+        collector
+            .last_heartbeat()
+            .filter(|h| h.pending.values().all(|&n| n == 0))
+    })
+    .await;
+    let cpu1 = cpu_ticks(pid);
+    let pending = collector
+        .last_heartbeat()
+        .map(|h| format!("{:?}", h.pending))
+        .unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    format!(
+        "floods ({FLOOD_DESTINATIONS} sendmmsg destinations, {FORK_STORM} forks): collector peak RSS {:.1} MiB, CPU {:.2} s, {} afterwards: {pending}",
+        peak_rss_kib(pid) as f64 / 1024.0,
+        (cpu1 - cpu0) as f64 / tck,
+        if quiet.is_some() { "nothing pending" } else { "STILL PENDING" }
+    )
 }
