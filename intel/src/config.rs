@@ -409,3 +409,165 @@ mod span {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<IntelConfig, String> {
+        let config: IntelConfig = yaml_serde::from_str(yaml).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_are_the_public_api_quota_and_no_lookups() {
+        let c = parse("{}").unwrap();
+        assert!(c.virustotal.is_none() && c.feeds.is_empty());
+        assert_eq!(c.cache, PathBuf::from("/var/lib/osprey/intel.db"));
+        let vt = parse("virustotal:\n  api_key: k\n")
+            .unwrap()
+            .virustotal
+            .unwrap();
+        assert_eq!((vt.per_minute, vt.per_day), (4, 500));
+        assert_eq!(vt.minute_window, Duration::from_secs(60));
+        assert_eq!(vt.ttl_known, Duration::from_secs(7 * 86_400));
+        assert_eq!(vt.ttl_unknown, Duration::from_secs(86_400));
+        assert_eq!(vt.base_url, "https://www.virustotal.com");
+        assert!(!vt.upload.enabled);
+        assert_eq!(vt.upload.max_bytes, MAX_UPLOAD_BYTES);
+    }
+
+    #[test]
+    fn every_documented_key_parses() {
+        let yaml = r#"
+virustotal:
+  api_key: abc
+  api_key_env: VT_KEY
+  base_url: http://127.0.0.1:8080/
+  per_minute: 1000
+  per_day: 100000
+  minute_window: 2s
+  day_window: 1h
+  ttl_known: 30d
+  ttl_unknown: 12h
+  retry_initial: 500ms
+  retry_max: 5m
+  timeout: 10
+  max_pending: 50
+  upload:
+    enabled: true
+    max_bytes: 1048576
+    exclude: [/usr/bin, /usr/sbin]
+    poll_interval: 30s
+    poll_timeout: 15m
+feeds:
+  - name: firehol_level1
+    path: /var/lib/osprey/feeds/firehol_level1.netset
+    kind: ip
+  - name: bazaar-recent
+    url: https://example.org/export/csv/recent/
+    kind: sha256
+    column: sha256_hash
+    refresh: 1h
+  - name: third
+    path: /etc/osprey/hashes.csv
+    kind: sha256
+    column: 2
+cache: /var/lib/osprey/history.db
+feeds_dir: /var/lib/osprey/feeds
+"#;
+        let c = parse(yaml).unwrap();
+        let vt = c.virustotal.as_ref().unwrap();
+        assert_eq!(vt.minute_window, Duration::from_secs(2));
+        assert_eq!(vt.ttl_known, Duration::from_secs(30 * 86_400));
+        assert_eq!(vt.retry_initial, Duration::from_millis(500));
+        assert_eq!(vt.timeout, Duration::from_secs(10));
+        assert_eq!(
+            vt.url("/api/v3/files"),
+            "http://127.0.0.1:8080/api/v3/files"
+        );
+        assert_eq!(c.feeds[1].column, Some(Column::Name("sha256_hash".into())));
+        assert_eq!(c.feeds[2].column, Some(Column::Number(2)));
+        assert_eq!(c.feeds[0].refresh(), Duration::from_secs(10));
+        assert_eq!(c.feeds[1].refresh(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn mistakes_are_named_by_key() {
+        let cases = [
+            (
+                "virustotal:\n  api_key: k\n  per_minte: 4\n",
+                "unknown field `per_minte`",
+            ),
+            (
+                "virustotal:\n  api_key: k\n  ttl_known: 7 dayz\n",
+                "\"7 dayz\" is not a duration",
+            ),
+            (
+                "virustotal:\n  api_key: \" \"\n",
+                "intel.virustotal.api_key: is empty",
+            ),
+            (
+                "virustotal:\n  api_key_env: OSPREY_TEST_UNSET_VARIABLE\n",
+                "intel.virustotal.api_key: no API key: set api_key, or the environment \
+                 variable OSPREY_TEST_UNSET_VARIABLE (api_key_env)",
+            ),
+            (
+                "virustotal:\n  api_key: k\n  per_minute: 0\n",
+                "intel.virustotal.per_minute: 0 is not",
+            ),
+            (
+                "virustotal:\n  api_key: k\n  base_url: www.virustotal.com\n",
+                "not an http(s) URL",
+            ),
+            (
+                "virustotal:\n  api_key: k\n  upload:\n    max_bytes: 100000000\n",
+                "intel.virustotal.upload.max_bytes: 100000000 is above",
+            ),
+            (
+                "virustotal:\n  api_key: k\n  upload:\n    exclude: [usr/bin]\n",
+                "intel.virustotal.upload.exclude[0]: usr/bin is not an absolute path",
+            ),
+            (
+                "feeds:\n  - {name: a, kind: ip}\n",
+                "intel.feeds[0]: needs a path or a url",
+            ),
+            (
+                "feeds:\n  - {name: a, kind: ip, path: /x, url: http://y}\n",
+                "intel.feeds[0]: give either path or url, not both",
+            ),
+            (
+                "feeds:\n  - {name: a/b, kind: ip, path: /x}\n",
+                "intel.feeds[0].name: \"a/b\"",
+            ),
+            (
+                "feeds:\n  - {name: a, kind: ip, path: /x}\n  - {name: a, kind: ip, path: /y}\n",
+                "intel.feeds[1].name: \"a\" names two feeds",
+            ),
+            (
+                "feeds:\n  - {name: a, kind: ip, path: /x, column: 2}\n",
+                "intel.feeds[0].column: only sha256 feeds are read as CSV",
+            ),
+            (
+                "feeds:\n  - {name: a, kind: sha256, path: /x, column: 0}\n",
+                "columns are numbered from 1",
+            ),
+            (
+                "feeds:\n  - {name: a, kind: md5, path: /x}\n",
+                "unknown variant `md5`",
+            ),
+            (
+                "feeds:\n  - {name: a, kind: ip, url: ftp://x}\n",
+                "intel.feeds[0].url: \"ftp://x\"",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let err = parse(yaml).unwrap_err();
+            assert!(
+                err.contains(expected),
+                "{yaml}\n  gave: {err}\n  expected: {expected}"
+            );
+        }
+    }
+}

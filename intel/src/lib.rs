@@ -22,7 +22,7 @@ pub use cache::{CacheError, VerdictCache};
 pub use config::{
     Column, ConfigError, FeedConfig, IntelConfig, UploadConfig, VirusTotalConfig, MAX_UPLOAD_BYTES,
 };
-pub use feeds::{FeedError, FeedStatus, Feeds};
+pub use feeds::{FeedStatus, Feeds};
 pub use key::ApiKey;
 pub use sha256::{NotASha256, Sha256};
 pub use verdict::{report_link, Answer, FeedHit, FeedKind, Verdict, VerdictSource};

@@ -69,10 +69,13 @@ fn an_address_in_a_feed_file_matches_and_a_broken_replacement_keeps_the_old_copy
         entry: "203.0.113.0/24".into(),
         kind: FeedKind::Ip,
     };
-    assert_eq!(feeds.match_ip(ip("203.0.113.9")), [hit.clone()]);
+    assert_eq!(
+        feeds.match_ip(ip("203.0.113.9")),
+        std::slice::from_ref(&hit)
+    );
     assert_eq!(
         feeds.match_ip(ip("::ffff:203.0.113.9")),
-        [hit.clone()],
+        std::slice::from_ref(&hit),
         "IPv4-mapped"
     );
     assert_eq!(feeds.match_ip(ip("198.18.0.7"))[0].entry, "198.18.0.7/32");

@@ -36,7 +36,7 @@ const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_DOWNLOAD_BYTES: u64 = 256 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum FeedError {
+pub(crate) enum FeedError {
     #[error("feed {feed}: cannot read {path}: {source}")]
     Read {
         feed: String,
