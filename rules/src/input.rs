@@ -88,12 +88,14 @@ impl SubjectKind {
     }
 }
 
-/// A threat-intel verdict about the process's executable (filled by the intel detector).
+/// A threat-intel verdict about the process's executable (filled by the intel detector;
+/// `intel` builds it from a VirusTotal verdict with `IntelVerdict::from(&verdict)`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IntelVerdict {
-    /// How many engines or feeds flag the executable as malicious.
+    /// How many engines flag the executable as malicious or suspicious: what
+    /// `intel.detections_above` compares.
     pub detections: u32,
-    /// How many engines or feeds were asked (0 when unknown).
+    /// How many engines reported (0 when the file is unknown).
     pub engines: u32,
 }
 
