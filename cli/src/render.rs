@@ -51,6 +51,7 @@ pub fn event_line(event: &Event) -> String {
         EventDetail::Exit(exit) => exit_text(exit),
         EventDetail::Fork(_) => format!("forked from pid {}", event.process.ppid),
         EventDetail::MemorySample(sample) => memory_text(sample.rss_bytes),
+        EventDetail::IntelVerdict(v) => intel_text(v),
     };
     format!(
         "{} {} {:<8} {} | {}",
@@ -69,6 +70,7 @@ fn finding_trigger(finding: &Finding) -> String {
         Some(EventDetail::Connect(connect)) => connect_text(connect),
         Some(EventDetail::Exit(exit)) => exit_text(exit),
         Some(EventDetail::MemorySample(sample)) => memory_text(sample.rss_bytes),
+        Some(EventDetail::IntelVerdict(v)) => intel_text(v),
         Some(EventDetail::Exec(_) | EventDetail::Fork(_)) | None => command_line(&finding.process),
     }
 }
@@ -76,6 +78,20 @@ fn finding_trigger(finding: &Finding) -> String {
 /// `resident 712.4 MiB`
 fn memory_text(rss_bytes: u64) -> String {
     format!("resident {:.1} MiB", rss_bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn intel_text(v: &protocol::IntelVerdictEvent) -> String {
+    let mut text = format!("{} says sha256 {}", v.source, v.sha256);
+    if v.engines > 0 {
+        text.push_str(&format!(
+            ": {} malicious, {} suspicious of {} engines",
+            v.malicious, v.suspicious, v.engines
+        ));
+    }
+    if let Some(link) = &v.link {
+        text.push_str(&format!(" ({link})"));
+    }
+    text
 }
 
 fn process_label(process: &Process) -> String {

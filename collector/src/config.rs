@@ -52,6 +52,46 @@ pub struct CollectorConfig {
     pub memory_sample_interval_secs: u64,
     /// The actuator: signed commands on `osprey.cmd.<host>` (docs/responder.md).
     pub actuator: ActuatorSection,
+    /// Threat intelligence: VirusTotal lookups and offline feeds (docs/intel.md).
+    pub intel: intel::IntelConfig,
+    /// Who acts on the actions findings recommend (docs/responder.md).
+    pub response: ResponseSection,
+}
+
+/// Who acts on findings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseMode {
+    /// Findings go to NATS; the responder decides and sends signed commands.
+    #[default]
+    Responder,
+    /// This host runs the actions its policy recommends itself, through the actuator's
+    /// safety controls, rate limits and audit: no NATS, responder or keys needed.
+    Local,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseSection {
+    pub mode: ResponseMode,
+    /// Local mode: decide and audit (`dry_run`), but do nothing.
+    pub dry_run: bool,
+    /// Local mode: only findings at least this severe are acted on.
+    pub min_severity: protocol::Severity,
+    /// Local mode: how long blocks, suspensions and kill-on-exec entries last (none: until
+    /// undone by a command).
+    pub ttl_secs: Option<u64>,
+}
+
+impl Default for ResponseSection {
+    fn default() -> Self {
+        ResponseSection {
+            mode: ResponseMode::Responder,
+            dry_run: false,
+            min_severity: protocol::Severity::Info,
+            ttl_secs: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -213,6 +253,8 @@ impl Default for CollectorConfig {
             sigma: Vec::new(),
             memory_sample_interval_secs: 10,
             actuator: ActuatorSection::default(),
+            intel: intel::IntelConfig::default(),
+            response: ResponseSection::default(),
         }
     }
 }
@@ -390,12 +432,25 @@ impl CollectorConfig {
                 "must be at least 16".into(),
             ));
         }
-        if self.nats.url.is_none() && !self.output.jsonl {
+        let local = self.response.mode == ResponseMode::Local;
+        if self.nats.url.is_none() && !self.output.jsonl && !local {
             return Err(invalid(
                 "nats.url",
-                "no output: set a NATS URL or enable output.jsonl".into(),
+                "no output: set a NATS URL, enable output.jsonl or use response.mode: local"
+                    .into(),
             ));
         }
+        if local && !self.actuator.enabled {
+            return Err(invalid(
+                "response.mode",
+                "local response acts through the actuator: actuator.enabled must be true".into(),
+            ));
+        }
+        self.intel.validate().map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: format!("intel.{}", e.field),
+            problem: e.problem,
+        })?;
         Ok(())
     }
 

@@ -5,9 +5,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context;
 use clap::Parser;
 use collector::{
-    config::CollectorConfig,
+    config::{CollectorConfig, ResponseMode},
     detect::{
         heuristics::Heuristics,
+        intel::IntelDetector,
         reload,
         rules::{self as detect_rules, ActiveRules},
         Detectors,
@@ -161,7 +162,9 @@ fn start_rules(config: &CollectorConfig) -> anyhow::Result<ActiveRules> {
     Ok(ActiveRules::new(engines))
 }
 
-/// Starts the actuator on `osprey.cmd.<host>` (Linux, with NATS and `actuator.enabled`).
+/// Starts the actuator (Linux, `actuator.enabled`): it serves signed commands on
+/// `osprey.cmd.<host>` when NATS is configured, and runs the host's own response plans with
+/// `response.mode: local` (`local` receives the findings to act on).
 #[cfg(target_os = "linux")]
 async fn start_actuator(
     config: &CollectorConfig,
@@ -169,16 +172,18 @@ async fn start_actuator(
     source: &mut PlatformSource,
     active_blocks: std::sync::Arc<std::sync::atomic::AtomicU64>,
     images: collector::process::Images,
+    local: Option<tokio::sync::mpsc::UnboundedReceiver<protocol::Finding>>,
 ) -> anyhow::Result<
     Option<(
         tokio::sync::watch::Sender<bool>,
         std::thread::JoinHandle<()>,
     )>,
 > {
-    use collector::actuator::{nats_endpoints, Actuator, ActuatorOptions, Enforcement};
-    let Some(url) = config.nats.url.clone().filter(|_| config.actuator.enabled) else {
+    use collector::actuator::{nats_endpoints, Actuator, ActuatorOptions, Enforcement, LocalResponse};
+    let url = config.nats.url.clone();
+    if !config.actuator.enabled || (url.is_none() && local.is_none()) {
         return Ok(None);
-    };
+    }
     let enforcement: Option<Box<dyn Enforcement>> =
         match source.take_enforcement(active_blocks.clone()) {
             Ok(e) => Some(Box::new(e)),
@@ -187,33 +192,48 @@ async fn start_actuator(
                 None
             }
         };
-    let mut options = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .name("osprey-actuator");
-    if let Some(creds) = &config.nats.credentials {
-        options = options
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
-    }
-    let client = options
-        .connect(url.as_str())
-        .await
-        .context("actuator: cannot connect to NATS")?;
+    let client = match &url {
+        Some(url) => {
+            let mut options = async_nats::ConnectOptions::new()
+                .retry_on_initial_connect()
+                .name("osprey-actuator");
+            if let Some(creds) = &config.nats.credentials {
+                options = options.credentials_file(creds).await.with_context(|| {
+                    format!("cannot read NATS credentials {}", creds.display())
+                })?;
+            }
+            Some(
+                options
+                    .connect(url.as_str())
+                    .await
+                    .context("actuator: cannot connect to NATS")?,
+            )
+        }
+        None => None,
+    };
     let actuator = Actuator::new(
         ActuatorOptions {
             host: host.to_string(),
             boot: boot_id(),
             section: config.actuator.clone(),
-            protected_destinations: nats_endpoints(&url),
+            protected_destinations: url.as_deref().map(nats_endpoints).unwrap_or_default(),
             active_blocks,
             images,
             script_engines: config.heuristics.script_engines.clone(),
             cgroup_root: collector::source::ebpf::cgroup2_root()?,
         },
         enforcement,
-        Some(client.clone()),
+        client.clone(),
     )?;
+    let local = local.map(|rx| {
+        (
+            rx,
+            LocalResponse {
+                dry_run: config.response.dry_run,
+                ttl_secs: config.response.ttl_secs,
+            },
+        )
+    });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     // Its own thread and runtime: actions block (dumps, copies) and must not stall the pipeline.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -222,7 +242,7 @@ async fn start_actuator(
         .context("actuator: cannot start its runtime")?;
     let task = std::thread::Builder::new()
         .name("osprey-actuator".into())
-        .spawn(move || runtime.block_on(actuator.run(client, stopped)))
+        .spawn(move || runtime.block_on(actuator.run(client, local, stopped)))
         .context("actuator: cannot start its thread")?;
     Ok(Some((stop, task)))
 }
@@ -293,6 +313,14 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
 
     let table = ProcessTable::new(boot_id(), config.process_table.capacity);
     let active_blocks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Local response: findings go to the actuator of this host.
+    let (local_tx, local_rx) = match config.response.mode {
+        ResponseMode::Local => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some((tx, config.response.min_severity)), Some(rx))
+        }
+        ResponseMode::Responder => (None, None),
+    };
     #[cfg(target_os = "linux")]
     let actuator = start_actuator(
         &config,
@@ -300,8 +328,19 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
         &mut source,
         active_blocks.clone(),
         table.images(),
+        local_rx,
     )
     .await?;
+    #[cfg(not(target_os = "linux"))]
+    if local_rx.is_some() {
+        anyhow::bail!("response.mode: local needs the actuator, which runs on Linux only");
+    }
+    let (intel, verdicts) = IntelDetector::start(
+        &config.intel,
+        &config.intel.cache,
+        &config.heuristics.safe_paths,
+    )
+    .context("threat intelligence")?;
 
     let (publisher, publisher_task) = Publisher::start(PublisherConfig {
         host: host.clone(),
@@ -331,10 +370,16 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
             ),
             memory_sample_interval: config.memory_sample_interval(),
             active_blocks,
+            local_response: local_tx,
+            verdicts,
         },
         source,
         table,
-        Detectors::new(Heuristics::new(&config.heuristics, local), rules),
+        Detectors::new(
+            Heuristics::new(&config.heuristics, local),
+            rules,
+            Some(intel),
+        ),
         publisher,
     )?;
     tracing::info!(host, nats = ?config.nats.url, "osprey-collector running");

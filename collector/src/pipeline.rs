@@ -9,7 +9,7 @@ use std::{
 
 use protocol::{
     ArgvTruncation, ConnectEvent, Event, EventDetail, EventKind, ExecEvent, ForkEvent, Heartbeat,
-    MemorySampleEvent, Process, Timestamp,
+    Finding, MemorySampleEvent, Process, Timestamp,
 };
 use rules::SubjectKind;
 use tokio::sync::mpsc;
@@ -38,6 +38,11 @@ pub struct PipelineOptions {
     pub memory_sample_interval: Duration,
     /// Active kernel blocks and kill-on-exec entries, kept by the actuator (heartbeats).
     pub active_blocks: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Local response: findings at least this severe that recommend actions go to the
+    /// actuator, which runs them on this host.
+    pub local_response: Option<(mpsc::UnboundedSender<Finding>, protocol::Severity)>,
+    /// VirusTotal verdicts, when the intel detector looks hashes up.
+    pub verdicts: Option<mpsc::Receiver<intel::Answer<protocol::ExecId>>>,
 }
 
 pub struct Pipeline<S: EventSource> {
@@ -134,6 +139,7 @@ impl<S: EventSource> Pipeline<S> {
                     }
                 }
                 Some(result) = self.hash_results.recv() => self.store_hash(result),
+                Some(answer) = recv(&mut self.options.verdicts) => self.on_verdict(answer),
                 Some(resolved) = self.resolved.recv() => self.on_resolved(resolved),
                 _ = heartbeat.tick() => self.heartbeat(),
                 _ = reconcile.tick() => self.reconcile(),
@@ -243,6 +249,9 @@ impl<S: EventSource> Pipeline<S> {
             .or_default() += 1;
         self.publisher.event(&event);
         self.detect(&event);
+        if let (EventDetail::Exec(_), Some(sha256)) = (&event.detail, &event.process.sha256) {
+            self.judge_hash(event.process.exec_id, sha256);
+        }
     }
 
     /// Runs every detector on `event`; new findings (not repeats) are published.
@@ -250,6 +259,55 @@ impl<S: EventSource> Pipeline<S> {
         for detection in self.detectors.evaluate(event) {
             if let Some(finding) = self.findings.raise(event, detection) {
                 self.publisher.finding(&finding);
+                if let Some((actuator, min_severity)) = &self.options.local_response {
+                    if finding.severity >= *min_severity
+                        && !finding.recommended_actions.is_empty()
+                        && actuator.send(finding).is_err()
+                    {
+                        tracing::error!("local response: the actuator is gone; actions not taken");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The executable hash of a live process became known: threat intelligence judges it
+    /// (feeds at once, VirusTotal later through [`Pipeline::on_verdict`]).
+    fn judge_hash(&mut self, exec_id: protocol::ExecId, sha256: &str) {
+        let Some(process) = self.table.get(exec_id.pid).filter(|p| p.exec_id == exec_id) else {
+            return;
+        };
+        let process = process.clone();
+        let Some(intel) = self.detectors.intel() else {
+            return;
+        };
+        let verdicts = intel.on_hash(&process, sha256);
+        for verdict in verdicts {
+            self.judge(process.clone(), verdict);
+        }
+    }
+
+    /// A verdict about one process's executable: the rules and the intel detector see it.
+    fn judge(&mut self, process: Process, verdict: protocol::IntelVerdictEvent) {
+        let ancestry = self.table.ancestry(&process);
+        let event = crate::detect::intel::verdict_event(&self.options.host, process, ancestry, verdict);
+        self.detect(&event);
+    }
+
+    /// A VirusTotal answer, for every process that asked and is still known.
+    fn on_verdict(&mut self, answer: intel::Answer<protocol::ExecId>) {
+        let Some(intel) = self.detectors.intel() else {
+            return;
+        };
+        let verdict = intel.on_answer(&answer);
+        for exec_id in &answer.requesters {
+            let known = self
+                .table
+                .get(exec_id.pid)
+                .filter(|p| p.exec_id == *exec_id)
+                .cloned();
+            if let Some(process) = known {
+                self.judge(process, verdict.clone());
             }
         }
     }
@@ -334,10 +392,14 @@ impl<S: EventSource> Pipeline<S> {
 
     fn store_hash(&mut self, result: HashResult) {
         self.hashes.store(&result);
-        if let Some(p) = self.table.get_mut(result.exec_id.pid) {
-            if p.exec_id == result.exec_id {
-                p.sha256 = Some(result.sha256);
-            }
+        let fresh = self
+            .table
+            .get_mut(result.exec_id.pid)
+            .filter(|p| p.exec_id == result.exec_id && p.sha256.is_none())
+            .map(|p| p.sha256 = Some(result.sha256.clone()))
+            .is_some();
+        if fresh {
+            self.judge_hash(result.exec_id, &result.sha256);
         }
     }
 
@@ -408,5 +470,13 @@ impl<S: EventSource> Pipeline<S> {
         self.events_at_last_heartbeat = total;
         self.last_heartbeat = Instant::now();
         self.publisher.heartbeat(&heartbeat);
+    }
+}
+
+/// The next item of an optional receiver (pending forever without one), for `select!`.
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ActionKind, ExecId, FindingId, Timestamp};
+use crate::{ActionKind, EventDetail, ExecId, Finding, FindingId, Timestamp};
 
 /// A signed instruction for one host. The signature covers the MessagePack encoding of the
 /// command without its `signature` field ([`crate::signing`]).
@@ -84,6 +84,65 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action of `kind` on what `finding` is about: its process, its executable, or the
+    /// destination of its connect trigger (the address, or with `block_port` its port).
+    /// `None` for kinds that act on no host (`notify`, `log`) or when the finding carries
+    /// nothing to act on.
+    pub fn for_finding(
+        kind: ActionKind,
+        finding: &Finding,
+        ttl_secs: Option<u64>,
+        block_port: bool,
+    ) -> Option<Action> {
+        let target = finding.process.exec_id;
+        match kind {
+            ActionKind::Kill => Some(Action::Kill {
+                target,
+                tree: false,
+            }),
+            ActionKind::Suspend => Some(Action::Suspend { target, ttl_secs }),
+            ActionKind::Resume => Some(Action::Resume { target }),
+            ActionKind::Dump => Some(Action::Dump { target }),
+            ActionKind::Quarantine => Some(Action::Quarantine {
+                target: Some(target),
+                path: None,
+            }),
+            ActionKind::KillOnExec => {
+                (!finding.process.exe.is_empty()).then(|| Action::KillOnExec {
+                    path: Some(finding.process.exe.clone()),
+                    target: Some(target),
+                    ttl_secs,
+                })
+            }
+            ActionKind::Block => finding.triggers.iter().find_map(|t| match &t.detail {
+                EventDetail::Connect(c) => Some(Action::Block {
+                    cidr: crate::net::canonical_ip(c.destination_ip).to_string(),
+                    port: block_port.then_some(c.destination_port),
+                    ttl_secs,
+                }),
+                _ => None,
+            }),
+            ActionKind::Notify | ActionKind::Log => None,
+        }
+    }
+
+    /// The order in which several actions on one process all work: suspended first (it can
+    /// do nothing more), its memory dumped while untouched, its executable quarantined (by
+    /// the identity the kernel recorded at exec) while the process still holds it, killed
+    /// last; the rest after.
+    pub fn execution_rank(kind: ActionKind) -> u8 {
+        match kind {
+            ActionKind::Suspend => 0,
+            ActionKind::Dump => 1,
+            ActionKind::Quarantine => 2,
+            ActionKind::KillOnExec => 3,
+            ActionKind::Block => 4,
+            ActionKind::Kill => 5,
+            ActionKind::Resume => 6,
+            ActionKind::Notify | ActionKind::Log => 7,
+        }
+    }
+
     pub fn kind(&self) -> ActionKind {
         match self {
             Action::Kill { .. } => ActionKind::Kill,

@@ -35,6 +35,9 @@ pub enum EventDetail {
     /// A periodic look at a living process (not published as an event: it appears as the
     /// trigger of the findings it raises, e.g. a resident-memory rule).
     MemorySample(MemorySampleEvent),
+    /// A threat-intel verdict about the process's executable, when it arrived (not
+    /// published as an event either: it is the trigger of the findings it raises).
+    IntelVerdict(IntelVerdictEvent),
 }
 
 impl EventDetail {
@@ -45,6 +48,7 @@ impl EventDetail {
             EventDetail::Exit(_) => EventKind::Exit,
             EventDetail::Connect(_) => EventKind::Connect,
             EventDetail::MemorySample(_) => EventKind::MemorySample,
+            EventDetail::IntelVerdict(_) => EventKind::IntelVerdict,
         }
     }
 }
@@ -58,6 +62,7 @@ pub enum EventKind {
     Exit,
     Connect,
     MemorySample,
+    IntelVerdict,
 }
 
 impl EventKind {
@@ -77,6 +82,7 @@ impl EventKind {
             EventKind::Exit => "exit",
             EventKind::Connect => "connect",
             EventKind::MemorySample => "memory_sample",
+            EventKind::IntelVerdict => "intel_verdict",
         }
     }
 }
@@ -95,6 +101,31 @@ pub struct ExecEvent {
 pub struct MemorySampleEvent {
     /// Resident set size in bytes.
     pub rss_bytes: u64,
+}
+
+/// What threat intelligence says about an executable.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntelVerdictEvent {
+    pub sha256: String,
+    /// `virustotal`, or the name of the offline feed that lists the hash.
+    pub source: String,
+    /// Engines calling it malicious / suspicious, and engines that reported (VirusTotal).
+    #[serde(default)]
+    pub malicious: u32,
+    #[serde(default)]
+    pub suspicious: u32,
+    #[serde(default)]
+    pub engines: u32,
+    /// The report (VirusTotal's page for the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+impl IntelVerdictEvent {
+    /// What `intel.detections_above` compares: engines calling it malicious or suspicious.
+    pub fn detections(&self) -> u32 {
+        self.malicious + self.suspicious
+    }
 }
 
 /// A new process (the event's process is the child).

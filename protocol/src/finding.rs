@@ -73,6 +73,23 @@ pub enum ActionKind {
     Log,
 }
 
+impl ActionKind {
+    /// The action's name in policies and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Kill => "kill",
+            ActionKind::Suspend => "suspend",
+            ActionKind::Resume => "resume",
+            ActionKind::Quarantine => "quarantine",
+            ActionKind::Dump => "dump",
+            ActionKind::Block => "block",
+            ActionKind::KillOnExec => "kill_on_exec",
+            ActionKind::Notify => "notify",
+            ActionKind::Log => "log",
+        }
+    }
+}
+
 /// What triggered a finding: the event's time and details (the process is the finding's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trigger {

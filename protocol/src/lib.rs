@@ -27,7 +27,7 @@ pub use codec::{decode, encode, CodecError};
 pub use command::{Action, Command, CommandResult, CommandStatus};
 pub use event::{
     ConnectEvent, ConnectHook, Event, EventDetail, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    MemorySampleEvent, Outcome, SocketFamily, TransportProtocol,
+    IntelVerdictEvent, MemorySampleEvent, Outcome, SocketFamily, TransportProtocol,
 };
 pub use finding::{ActionKind, Detector, Finding, FindingId, Trigger};
 pub use heartbeat::Heartbeat;

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use protocol::{
     signing::{self, KeyPair, PublicKey},
     subject, Action, ActionKind, Approval, AuditRecord, Command, CommandResult, CommandStatus,
-    Decision, EventDetail, Finding, Timestamp, Verdict,
+    Decision, Finding, Timestamp, Verdict,
 };
 
 use crate::{
@@ -65,17 +65,7 @@ pub struct Responder {
 }
 
 fn action_name(kind: ActionKind) -> &'static str {
-    match kind {
-        ActionKind::Kill => "kill",
-        ActionKind::Suspend => "suspend",
-        ActionKind::Resume => "resume",
-        ActionKind::Quarantine => "quarantine",
-        ActionKind::Dump => "dump",
-        ActionKind::Block => "block",
-        ActionKind::KillOnExec => "kill_on_exec",
-        ActionKind::Notify => "notify",
-        ActionKind::Log => "log",
-    }
+    kind.as_str()
 }
 
 impl Responder {
@@ -525,37 +515,10 @@ fn build_action(
     ttl_secs: Option<u64>,
     block_port: bool,
 ) -> (Option<Action>, Option<String>) {
-    let target = f.process.exec_id;
-    let action = match kind {
-        ActionKind::Kill => Some(Action::Kill {
-            target,
-            tree: false,
-        }),
-        ActionKind::Suspend => Some(Action::Suspend { target, ttl_secs }),
-        ActionKind::Resume => Some(Action::Resume { target }),
-        ActionKind::Dump => Some(Action::Dump { target }),
-        ActionKind::Quarantine => Some(Action::Quarantine {
-            target: Some(target),
-            path: None,
-        }),
-        ActionKind::KillOnExec => (!f.process.exe.is_empty()).then(|| Action::KillOnExec {
-            path: Some(f.process.exe.clone()),
-            target: Some(target),
-            ttl_secs,
-        }),
-        ActionKind::Block => f.triggers.iter().find_map(|t| match &t.detail {
-            EventDetail::Connect(c) => Some(Action::Block {
-                cidr: IpNet::from(c.destination_ip).to_string(),
-                port: block_port.then_some(c.destination_port),
-                ttl_secs,
-            }),
-            _ => None,
-        }),
-        ActionKind::Notify | ActionKind::Log => None,
-    };
+    let action = Action::for_finding(kind, f, ttl_secs, block_port);
     let text = match &action {
         Some(a) => a.target_text(),
-        None => Some(target.to_string()),
+        None => Some(f.process.exec_id.to_string()),
     };
     (action, text)
 }

@@ -119,11 +119,19 @@ impl<'a> MatchInput<'a> {
     /// The input for one enriched event, on the host's platform. A memory sample event is a
     /// [`Subject::Sample`] carrying its resident set size.
     pub fn from_event(event: &'a Event) -> Self {
-        let (subject, rss_bytes) = match &event.detail {
-            EventDetail::Exec(_) => (Subject::Exec, None),
-            EventDetail::Connect(connect) => (Subject::Connect(connect), None),
-            EventDetail::MemorySample(sample) => (Subject::Sample, Some(sample.rss_bytes)),
-            EventDetail::Fork(_) | EventDetail::Exit(_) => (Subject::Other, None),
+        let (subject, rss_bytes, intel) = match &event.detail {
+            EventDetail::Exec(_) => (Subject::Exec, None, None),
+            EventDetail::Connect(connect) => (Subject::Connect(connect), None, None),
+            EventDetail::MemorySample(sample) => (Subject::Sample, Some(sample.rss_bytes), None),
+            EventDetail::IntelVerdict(v) => (
+                Subject::Sample,
+                None,
+                Some(IntelVerdict {
+                    detections: v.detections(),
+                    engines: v.engines,
+                }),
+            ),
+            EventDetail::Fork(_) | EventDetail::Exit(_) => (Subject::Other, None, None),
         };
         MatchInput {
             process: &event.process,
@@ -131,7 +139,7 @@ impl<'a> MatchInput<'a> {
             subject,
             platform: Platform::host(),
             rss_bytes,
-            intel: None,
+            intel,
         }
     }
 

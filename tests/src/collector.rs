@@ -95,29 +95,68 @@ impl Collector {
         extra: &[&str],
         logged: bool,
     ) -> Collector {
-        let host = host
-            .map(String::from)
-            .unwrap_or_else(|| format!("e2e{}", crate::marker("h").replace('-', "")));
+        let host = host.map(String::from).unwrap_or_else(new_host);
         let received = Arc::new(Mutex::new(Received::default()));
         subscribe(client, &host, received.clone()).await;
+        let mut args: Vec<String> = vec![
+            "--nats".into(),
+            nats_url.into(),
+            "--heartbeat-interval-secs".into(),
+            "1".into(),
+            "--spool-dir".into(),
+            spool.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let collector = Self::launch(config, host, &args, received, logged, Stdio::null());
+        let ready = crate::eventually(Duration::from_secs(30), || {
+            (!collector.received.lock().unwrap().heartbeats.is_empty()).then_some(())
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "no heartbeat from the collector within 30 s"
+        );
+        collector
+    }
+
+    /// A collector without NATS (`--no-nats --output jsonl`): what it reports is read from
+    /// its standard output (findings, and events), its log is kept for
+    /// [`Collector::log_lines`]. Ready once it says it runs.
+    pub async fn start_offline(config: &Path, extra: &[&str]) -> Collector {
+        let received = Arc::new(Mutex::new(Received::default()));
+        let mut args: Vec<String> = ["--no-nats", "--output", "jsonl"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let collector = Self::launch(config, new_host(), &args, received, true, Stdio::piped());
+        let ready = crate::eventually(Duration::from_secs(30), || {
+            (!collector.log_lines("osprey-collector running").is_empty()).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "the collector did not start within 30 s");
+        collector
+    }
+
+    /// Starts `osprey-collector` with its own bpffs pin directory. `stdout` piped means its
+    /// JSON lines are read into `received`.
+    fn launch(
+        config: &Path,
+        host: String,
+        args: &[String],
+        received: Arc<Mutex<Received>>,
+        logged: bool,
+        stdout: Stdio,
+    ) -> Collector {
         let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/osprey-test-{host}"));
         let mut child = Command::new(crate::bin_dir().join("osprey-collector"))
             .arg("--config")
             .arg(config)
-            .args([
-                "--host",
-                &host,
-                "--nats",
-                nats_url,
-                "--heartbeat-interval-secs",
-                "1",
-            ])
-            .arg("--spool-dir")
-            .arg(spool)
+            .args(["--host", &host])
             .arg("--pin-dir")
             .arg(&pin_dir)
-            .args(extra)
-            .stdout(Stdio::null())
+            .args(args)
+            .stdout(stdout)
             .stderr(if logged {
                 Stdio::piped()
             } else {
@@ -139,22 +178,31 @@ impl Collector {
                 }
             });
         }
-        let collector = Collector {
+        if let Some(stdout) = child.stdout.take() {
+            let received = received.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    let mut r = received.lock().unwrap();
+                    if let Ok(f) = serde_json::from_str::<Finding>(&line) {
+                        r.findings.push(f);
+                        r.finding_arrivals.push(protocol::Timestamp::now());
+                    } else if let Ok(e) = serde_json::from_str::<Event>(&line) {
+                        r.events.push(e);
+                    }
+                }
+            });
+        }
+        Collector {
             host,
             child,
             pin_dir: Some(pin_dir),
             received,
             log,
-        };
-        let ready = crate::eventually(Duration::from_secs(30), || {
-            (!collector.received.lock().unwrap().heartbeats.is_empty()).then_some(())
-        })
-        .await;
-        assert!(
-            ready.is_some(),
-            "no heartbeat from the collector within 30 s"
-        );
-        collector
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -279,6 +327,11 @@ pub fn release_enforcement(pin_dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir_all(pin_dir);
+}
+
+/// A host name unique to this run.
+fn new_host() -> String {
+    format!("e2e{}", crate::marker("h").replace('-', ""))
 }
 
 async fn subscribe(client: &async_nats::Client, host: &str, received: Arc<Mutex<Received>>) {

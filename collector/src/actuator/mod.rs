@@ -12,6 +12,7 @@
 mod audit;
 mod dump;
 mod freeze;
+mod local;
 mod proc;
 mod quarantine;
 mod safety;
@@ -32,9 +33,11 @@ use ipnet::IpNet;
 use protocol::{
     signing::{self, PublicKey},
     subject, Action, AuditRecord, BootId, Command, CommandResult, CommandStatus, Decision, ExecId,
-    Timestamp,
+    Finding, Timestamp,
 };
+use tokio::sync::mpsc;
 
+pub use self::local::LocalResponse;
 pub use self::quarantine::HardLinks;
 pub use self::safety::{nats_endpoints, Endpoint};
 use self::{
@@ -156,7 +159,7 @@ pub struct LongAction {
     job: Box<dyn FnOnce() -> Outcome + Send>,
     audit: AuditLog,
     host: String,
-    exe: Option<String>,
+    context: AuditContext,
 }
 
 impl LongAction {
@@ -168,12 +171,21 @@ impl LongAction {
             &self.audit,
             &self.host,
             Some(&self.command),
-            self.exe,
+            &self.context,
             &outcome,
             &result,
         );
         result
     }
+}
+
+/// What an audit record of a command says beyond the command itself.
+#[derive(Clone, Debug, Default)]
+struct AuditContext {
+    /// The target's executable, as the process table knows it.
+    exe: Option<String>,
+    /// Who asked, when no key signed it (the host's own local response).
+    actor: Option<&'static str>,
 }
 
 fn result_of(host: &str, command: &Command, outcome: &Outcome) -> CommandResult {
@@ -194,7 +206,7 @@ fn audit_command(
     audit: &AuditLog,
     host: &str,
     command: Option<&Command>,
-    exe: Option<String>,
+    context: &AuditContext,
     outcome: &Outcome,
     result: &CommandResult,
 ) {
@@ -220,7 +232,8 @@ fn audit_command(
         record.actor.key_id = Some(c.key_id.clone()).filter(|k| !k.is_empty());
         record.pid = c.action.target().map(|t| t.pid);
     }
-    record.exe = exe;
+    record.exe = context.exe.clone();
+    record.actor.name = context.actor.map(String::from);
     record.quarantine_path = outcome.quarantine_path.clone();
     record.dump_path = outcome.dump_path.clone();
     audit.record(&record);
@@ -437,32 +450,32 @@ impl Actuator {
                     output: None,
                     time: Timestamp::now(),
                 };
-                audit_command(&self.audit, &self.host, None, None, &outcome, &result);
+                let context = AuditContext::default();
+                audit_command(&self.audit, &self.host, None, &context, &outcome, &result);
                 return Handled::Done(result);
             }
         };
-        let exe = command
-            .action
-            .target()
-            .and_then(|t| self.images.get(t.pid))
-            .filter(|i| {
-                command
-                    .action
-                    .target()
-                    .is_some_and(|t| i.exec_id.same_process(&t))
-            })
-            .map(|i| i.exe);
-        match self.handle_command(&command) {
+        let step = match self.verify(&command) {
+            Ok(()) => self.perform(&command),
+            Err(refusal) => Step::Now(refusal),
+        };
+        self.conclude(command, step, None)
+    }
+
+    /// Answers and audits a command handled now, or hands a long one back.
+    fn conclude(&self, command: Command, step: Step, actor: Option<&'static str>) -> Handled {
+        let context = AuditContext {
+            exe: command
+                .action
+                .target()
+                .and_then(|t| self.images.get(t.pid).filter(|i| i.exec_id.same_process(&t)))
+                .map(|i| i.exe),
+            actor,
+        };
+        match step {
             Step::Now(outcome) => {
                 let result = result_of(&self.host, &command, &outcome);
-                audit_command(
-                    &self.audit,
-                    &self.host,
-                    Some(&command),
-                    exe,
-                    &outcome,
-                    &result,
-                );
+                audit_command(&self.audit, &self.host, Some(&command), &context, &outcome, &result);
                 Handled::Done(result)
             }
             Step::Later(job) => Handled::Later(Box::new(LongAction {
@@ -470,26 +483,28 @@ impl Actuator {
                 job,
                 audit: self.audit.clone(),
                 host: self.host.clone(),
-                exe,
+                context,
             })),
         }
     }
 
-    fn handle_command(&mut self, command: &Command) -> Step {
+    /// Refuses a command not addressed to this host, not signed by a trusted key, outside
+    /// the time window, or replayed.
+    fn verify(&mut self, command: &Command) -> Result<(), Outcome> {
         if subject::host_token(&command.host) != subject::host_token(&self.host) {
-            return Step::Now(Outcome::refused(format!(
+            return Err(Outcome::refused(format!(
                 "addressed to host {:?}, this is {:?}",
                 command.host, self.host
             )));
         }
         if let Err(e) = signing::verify(command, &self.trusted) {
-            return Step::Now(Outcome::refused(format!("signature check failed: {e}")));
+            return Err(Outcome::refused(format!("signature check failed: {e}")));
         }
         let now = Timestamp::now();
         let window_ns = self.section.command_window_secs as i64 * 1_000_000_000;
         let age = now.unix_nanos() - command.issued_at.unix_nanos();
         if age.abs() > window_ns {
-            return Step::Now(Outcome::refused(format!(
+            return Err(Outcome::refused(format!(
                 "stale command: issued {}s from now, outside the {}s window",
                 -age / 1_000_000_000,
                 self.section.command_window_secs
@@ -499,7 +514,7 @@ impl Actuator {
             .nonces
             .retain(|(_, t)| now.unix_nanos() - t.unix_nanos() <= 2 * window_ns);
         if self.state.nonces.iter().any(|(n, _)| *n == command.nonce) {
-            return Step::Now(Outcome::refused(format!(
+            return Err(Outcome::refused(format!(
                 "replayed command: nonce {} was already used",
                 command.nonce
             )));
@@ -508,7 +523,11 @@ impl Actuator {
             .nonces
             .push((command.nonce.clone(), command.issued_at));
         self.save();
+        Ok(())
+    }
 
+    /// Rate-limits, checks and runs a verified command (or the host's own local response).
+    fn perform(&mut self, command: &Command) -> Step {
         let name = command.action.name();
         let limit = self.section.max_actions_per_hour;
         let recent = self.recent.entry(name).or_default();
@@ -963,50 +982,106 @@ impl Actuator {
         }))
     }
 
-    /// Serves `osprey.cmd.<host>` until `shutdown` resolves, expiring TTLs every half second.
-    /// Long actions run on the blocking pool and answer when done.
+    /// Serves `osprey.cmd.<host>` (with NATS) and local response plans (with
+    /// `response.mode: local`) until `shutdown` resolves, expiring TTLs every half second.
+    /// Long actions run on the blocking pool and answer (or go on with their plan) when done.
     pub async fn run(
         mut self,
-        client: async_nats::Client,
+        client: Option<async_nats::Client>,
+        local: Option<(mpsc::UnboundedReceiver<Finding>, LocalResponse)>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let subject = subject::command(&self.host);
-        let mut sub = match client.subscribe(subject.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("actuator: cannot subscribe to {subject}: {e}");
-                return;
+        let mut commands = match &client {
+            Some(client) => {
+                let subject = subject::command(&self.host);
+                match client.subscribe(subject.clone()).await {
+                    Ok(sub) => {
+                        tracing::info!(
+                            subject,
+                            trusted_keys = self.trusted.len(),
+                            "actuator serving commands"
+                        );
+                        Some(sub)
+                    }
+                    Err(e) => {
+                        tracing::error!("actuator: cannot subscribe to {subject}: {e}");
+                        None
+                    }
+                }
             }
+            None => None,
         };
-        tracing::info!(
-            subject,
-            trusted_keys = self.trusted.len(),
-            "actuator serving commands"
-        );
+        let (mut findings, settings) = match local {
+            Some((rx, settings)) => {
+                tracing::info!(dry_run = settings.dry_run, "local response: this host acts on its findings");
+                (Some(rx), settings)
+            }
+            None => (None, LocalResponse::default()),
+        };
+        // Plans whose long step finished, to go on with.
+        let (resume, mut resumed) = mpsc::unbounded_channel::<local::Plan>();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut shutdown = shutdown;
         loop {
             tokio::select! {
-                msg = sub.next() => {
-                    let Some(msg) = msg else { break };
+                Some(msg) = next_command(&mut commands) => {
                     let reply = msg.reply.clone();
                     match self.handle(&msg.payload) {
-                        Handled::Done(result) => send_reply(&client, reply, &result).await,
+                        Handled::Done(result) => send_reply(client.as_ref(), reply, &result).await,
                         Handled::Later(action) => {
                             let client = client.clone();
                             tokio::spawn(async move {
                                 match tokio::task::spawn_blocking(move || action.finish()).await {
-                                    Ok(result) => send_reply(&client, reply, &result).await,
+                                    Ok(result) => send_reply(client.as_ref(), reply, &result).await,
                                     Err(e) => tracing::error!("actuator: a long action failed: {e}"),
                                 }
                             });
                         }
                     }
                 }
+                Some(finding) = next_finding(&mut findings) => {
+                    self.run_plan(local::Plan::new(finding), &settings, &resume);
+                }
+                Some(plan) = resumed.recv() => self.run_plan(plan, &settings, &resume),
                 _ = tick.tick() => self.expire(Timestamp::now()),
                 _ = shutdown.changed() => break,
             }
         }
+    }
+
+    /// Advances a local plan; its long step runs on the blocking pool and the plan comes
+    /// back on `resume` when it is done.
+    fn run_plan(
+        &mut self,
+        plan: local::Plan,
+        settings: &LocalResponse,
+        resume: &mpsc::UnboundedSender<local::Plan>,
+    ) {
+        if let Some((action, rest)) = self.advance(plan, settings) {
+            let resume = resume.clone();
+            tokio::spawn(async move {
+                if let Err(e) = tokio::task::spawn_blocking(move || action.finish()).await {
+                    tracing::error!("actuator: a long action failed: {e}");
+                }
+                let _ = resume.send(rest);
+            });
+        }
+    }
+}
+
+async fn next_command(
+    sub: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match sub {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_finding(rx: &mut Option<mpsc::UnboundedReceiver<Finding>>) -> Option<Finding> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1017,11 +1092,13 @@ enum Step {
 }
 
 async fn send_reply(
-    client: &async_nats::Client,
+    client: Option<&async_nats::Client>,
     reply: Option<async_nats::Subject>,
     result: &CommandResult,
 ) {
-    let Some(reply) = reply else { return };
+    let (Some(client), Some(reply)) = (client, reply) else {
+        return;
+    };
     match protocol::encode(result) {
         Ok(bytes) => {
             if let Err(e) = client.publish(reply, bytes.into()).await {

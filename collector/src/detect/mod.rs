@@ -2,6 +2,7 @@
 
 pub mod engines;
 pub mod heuristics;
+pub mod intel;
 pub mod memory;
 pub mod reload;
 pub mod rules;
@@ -22,15 +23,29 @@ pub struct Detection {
 }
 
 /// Every detector the collector runs, in order: the built-in heuristics (tuned by the
-/// policy), then the policy's rules and Sigma rules.
+/// policy), the policy's rules and Sigma rules, then threat intelligence.
 pub struct Detectors {
     heuristics: heuristics::Heuristics,
     rules: rules::ActiveRules,
+    intel: Option<intel::IntelDetector>,
 }
 
 impl Detectors {
-    pub fn new(heuristics: heuristics::Heuristics, rules: rules::ActiveRules) -> Self {
-        Detectors { heuristics, rules }
+    pub fn new(
+        heuristics: heuristics::Heuristics,
+        rules: rules::ActiveRules,
+        intel: Option<intel::IntelDetector>,
+    ) -> Self {
+        Detectors {
+            heuristics,
+            rules,
+            intel,
+        }
+    }
+
+    /// Threat intelligence, when configured (hash lookups and verdicts go through it).
+    pub fn intel(&mut self) -> Option<&mut intel::IntelDetector> {
+        self.intel.as_mut()
     }
 
     /// The rules in force (the latest successful load).
@@ -45,6 +60,10 @@ impl Detectors {
             .evaluate(event, engine.heuristics(), &mut out);
         for hit in engine.evaluate(&::rules::MatchInput::from_event(event)) {
             out.push(Detection::from(&*hit.rule));
+        }
+        if let Some(intel) = &self.intel {
+            intel.on_connect(event, &mut out);
+            intel.evaluate(event, &mut out);
         }
         out
     }
@@ -78,6 +97,7 @@ mod tests {
         Detectors::new(
             heuristics::Heuristics::new(&HeuristicsSection::default(), vec![]),
             rules::ActiveRules::fixed(engine),
+            None,
         )
     }
 
@@ -175,6 +195,7 @@ mod tests {
         let mut d = Detectors::new(
             heuristics::Heuristics::new(&HeuristicsSection::default(), vec![]),
             rules::ActiveRules::fixed(engine),
+            None,
         );
         let exec = |argv: &[&str]| event(argv, EventDetail::Exec(ExecEvent::default()));
         let mut events = [
