@@ -342,6 +342,7 @@ impl Responder {
                     host: p.finding.host.clone(),
                     action,
                     finding_id: Some(p.finding.id.clone()),
+                    operator: None,
                     key_id: String::new(),
                     signature: None,
                 };
@@ -515,6 +516,15 @@ impl Responder {
     pub fn heartbeat(&mut self, subject_host: &str, host: String) {
         self.heartbeats
             .insert(subject_host.to_string(), (host, Instant::now(), false));
+    }
+
+    /// Dry-run: decide and audit, send nothing (switched by operators: `control.rs`).
+    pub fn dry_run(&self) -> bool {
+        self.config.dry_run
+    }
+
+    pub fn set_dry_run(&mut self, on: bool) {
+        self.config.dry_run = on;
     }
 }
 

@@ -154,6 +154,7 @@ fn unsigned(host: &str, action: Action) -> Command {
         host: host.to_string(),
         action,
         finding_id: None,
+        operator: None,
         key_id: String::new(),
         signature: None,
     }

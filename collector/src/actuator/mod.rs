@@ -332,6 +332,7 @@ impl Actuator {
             record.finding_id = c.finding_id.clone();
             record.command_id = Some(c.id.clone()).filter(|id| !id.is_empty());
             record.actor.key_id = Some(c.key_id.clone()).filter(|k| !k.is_empty());
+            record.actor.name = c.operator.clone();
             record.pid = c.action.target().map(|t| t.pid);
         }
         self.audit.record(&record);
