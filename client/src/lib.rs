@@ -177,6 +177,7 @@ pub async fn send_approval(
         verdict,
         nonce: protocol::signing::random_id(),
         issued_at: Timestamp::now(),
+        operator: operator.name.map(String::from),
         key_id: String::new(),
         signature: None,
     };

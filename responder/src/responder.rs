@@ -429,6 +429,7 @@ impl Responder {
                 );
                 r.pending_id = Some(approval.pending_id.clone());
                 r.actor.key_id = Some(approval.key_id.clone());
+                r.actor.name = approval.operator.clone();
                 self.audit.record(r).await;
             }
             Verdict::Approve => {
@@ -441,6 +442,7 @@ impl Responder {
                 );
                 r.pending_id = Some(approval.pending_id.clone());
                 r.actor.key_id = Some(approval.key_id.clone());
+                r.actor.name = approval.operator.clone();
                 self.audit.record(r).await;
                 self.count(&p);
                 self.execute(&p, format!("approved by operator {}", approval.key_id))
