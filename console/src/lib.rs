@@ -7,6 +7,12 @@
 //! api ─► client (signed commands, approvals, responder control) ─► NATS
 //! ```
 
+pub mod api;
+pub mod app;
 pub mod auth;
 pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod server;
 pub mod store;
+pub mod web;

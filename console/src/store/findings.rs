@@ -45,14 +45,16 @@ pub fn insert(conn: &mut Connection, f: &Finding, received: Timestamp) -> rusqli
                 ancestry: f.ancestry.clone(),
                 detail: t.detail.clone(),
             };
-            insert_event_in(&tx, &event)?;
+            insert_event(&tx, &event)?;
         }
     }
     tx.commit()?;
     Ok(added)
 }
 
-fn insert_event_in(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
+/// Stores an event (a finding's trigger, or a published event with `store_events`); an
+/// event already stored is skipped.
+pub fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO events (exec_id, host, time, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT DO NOTHING",
@@ -65,11 +67,6 @@ fn insert_event_in(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
         ],
     )?;
     Ok(())
-}
-
-/// Stores a published event (`store_events`).
-pub fn insert_event(conn: &mut Connection, e: &Event) -> rusqlite::Result<()> {
-    insert_event_in(conn, e)
 }
 
 /// A position in the findings list, newest first: `time.seq` of the last item seen.
