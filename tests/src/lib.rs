@@ -2,8 +2,11 @@
 //! real eBPF programs into this kernel), and real processes. Tests run one at a time
 //! (`cargo xtask test` passes `--test-threads=1`): each loads the sensor.
 
+pub mod browser;
 pub mod cgroup;
 pub mod collector;
+pub mod console;
+pub mod metrics;
 pub mod nats;
 pub mod responder;
 pub mod workload;
