@@ -344,8 +344,13 @@ views.findings = async () => {
 function ancestryTree(f) {
   // Root first, down to the finding's process.
   const chain = [...(f.ancestry || [])].reverse();
-  const node = (p, self) => el('span', { class: 'node' + (self ? ' self' : ''), title: p.exec_id },
-    el('b', {}, p.name), ' ', el('span', { class: 'mono muted' }, `pid ${p.pid}`), ' ', el('span', { class: 'mono' }, (p.argv || []).join(' ')));
+  const node = (p, self) => {
+    const cmd = (p.argv || []).join(' ');
+    // Ancestors' command lines can be huge (environment dumps): shortened, full on hover.
+    const shown = !self && cmd.length > 160 ? cmd.slice(0, 160) + '…' : cmd;
+    return el('span', { class: 'node' + (self ? ' self' : ''), title: `${p.exec_id}\n${p.exe}\n${cmd}` },
+      el('b', {}, p.name), ' ', el('span', { class: 'mono muted' }, `pid ${p.pid}`), ' ', el('span', { class: 'mono' }, shown));
+  };
   let leaf = el('li', {}, node(f.process, true));
   for (let i = chain.length - 1; i >= 0; i--) leaf = el('li', {}, node(chain[i], false), el('ul', {}, leaf));
   return el('ul', { class: 'tree', id: 'ancestry' }, leaf);
