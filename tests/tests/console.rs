@@ -659,8 +659,33 @@ async fn the_api_authenticates_renders_ocsf_counts_metrics_and_survives_a_restar
     assert_eq!(line.decision, Decision::DryRun, "{line:?}");
     assert!(dry.try_wait().unwrap().is_none(), "dry-run sent nothing");
     let _ = dry.kill();
+    let _ = dry.wait();
     let off = http.post("/api/v1/responder", auth, r#"{"dry_run":false}"#);
     assert_eq!(json(&off.2)["dry_run"], false, "{}", off.2);
+    // A control message signed by a key the responder does not trust is refused and audited.
+    let stranger = KeyPair::generate().unwrap();
+    let refused = client::send_control(
+        &env.client,
+        &client::Operator {
+            key: &stranger,
+            name: Some("mallory"),
+        },
+        Some(true),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("the responder answers");
+    assert!(!refused.accepted && !refused.dry_run, "{refused:?}");
+    wait_audit(
+        &env.path("responder-audit.jsonl"),
+        "the refused control",
+        |r| {
+            r.action == "dry_run"
+                && r.decision == Decision::Refused
+                && r.actor.name.as_deref() == Some("mallory")
+        },
+    )
+    .await;
 
     // A second high finding (awaiting approval this time), then the JSON and OCSF APIs.
     let mut second = env.phone_out(&marker("second"));
@@ -720,6 +745,7 @@ async fn the_api_authenticates_renders_ocsf_counts_metrics_and_survives_a_restar
         "the connect that triggered it, as Network Activity: {events:?}"
     );
     let _ = second.kill();
+    let _ = second.wait();
 
     // Metrics, parsed by the reference OpenMetrics parser, against what happened.
     let counted = eventually(Duration::from_secs(15), || {
