@@ -207,6 +207,51 @@ mod tests {
 
     const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3tB4Wbl8ZK0t0oO5WHBt1ByC5cI3u2G8Z5hKqgSOb8E";
 
+    /// deploy/console.yaml shows the defaults (with a user added, as it asks).
+    #[test]
+    fn the_example_configuration_holds_the_defaults() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/console.yaml"
+        ))
+        .unwrap();
+        let text = text.replacen(
+            "users: []",
+            &format!("users:\n  - name: a\n    password_hash: \"{HASH}\"\n"),
+            1,
+        );
+        let c = ConsoleConfig::parse(&text).unwrap();
+        let d = ConsoleConfig::default();
+        assert_eq!(
+            (c.listen, c.consumer, c.database, c.store_events),
+            (d.listen, d.consumer, d.database, d.store_events)
+        );
+        assert_eq!(
+            (
+                c.retention.max_age_days,
+                c.retention.heartbeat_max_age_hours
+            ),
+            (
+                d.retention.max_age_days,
+                d.retention.heartbeat_max_age_hours
+            )
+        );
+        assert_eq!(c.retention.max_bytes, d.retention.max_bytes);
+        assert_eq!(
+            (
+                c.command_timeout_secs,
+                c.session_ttl_secs,
+                c.host_silent_secs
+            ),
+            (
+                d.command_timeout_secs,
+                d.session_ttl_secs,
+                d.host_silent_secs
+            )
+        );
+        assert_eq!(c.nats.url, d.nats.url);
+    }
+
     #[test]
     fn defaults_and_validation() {
         let c = ConsoleConfig::parse(&format!(
