@@ -119,9 +119,11 @@ function stackedBars(buckets, bucketNanos) {
       svg.append(r);
     });
   });
-  [0, Math.floor(buckets.length / 2), buckets.length - 1].forEach((i) => {
+  [0, Math.floor(buckets.length / 2), buckets.length - 1].forEach((i, n) => {
     if (!buckets[i]) return;
-    const t = svgEl('text', { x: pad + i * bw, y: H - 8 });
+    const anchor = ['start', 'middle', 'end'][n];
+    const x = n === 2 ? W : pad + i * bw + (n === 1 ? bw / 2 : 0);
+    const t = svgEl('text', { x, y: H - 8, 'text-anchor': anchor });
     t.textContent = nanosToDate(buckets[i].start).toLocaleTimeString(undefined, { hour12: false, hour: '2-digit', minute: '2-digit' });
     svg.append(t);
   });

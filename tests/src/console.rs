@@ -11,6 +11,9 @@ use std::{
 
 pub struct Console {
     config: PathBuf,
+    /// The configuration has a certificate: the console speaks HTTPS only.
+    tls: bool,
+    runs: usize,
     pub port: u16,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
@@ -19,8 +22,19 @@ pub struct Console {
 impl Console {
     /// Starts the console with `config` and waits until it answers HTTP.
     pub fn start(config: &Path) -> Console {
+        Self::start_with(config, false)
+    }
+
+    /// Starts the console with a configuration that has `tls`; waits until it serves HTTPS.
+    pub fn start_tls(config: &Path) -> Console {
+        Self::start_with(config, true)
+    }
+
+    fn start_with(config: &Path, tls: bool) -> Console {
         let mut console = Console {
             config: config.to_path_buf(),
+            tls,
+            runs: 0,
             port: crate::nats::free_port(),
             child: None,
             log: Arc::default(),
@@ -59,7 +73,13 @@ impl Console {
         self.child = Some(child);
         let started = Instant::now();
         let http = Http::new(&self.url());
-        while http.get("/", &[]).0 != 200 {
+        self.runs += 1;
+        // Over TLS: once it says it serves (this run's line); over HTTP: once the page answers.
+        let ready = |console: &Console| match console.tls {
+            true => console.log_lines("osprey-console on https://").len() >= console.runs,
+            false => http.get("/", &[]).0 == 200,
+        };
+        while !ready(self) {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!(
                     "osprey-console exited ({status}):\n{}",

@@ -836,3 +836,83 @@ async fn the_api_authenticates_renders_ocsf_counts_metrics_and_survives_a_restar
     assert_eq!(unique, published, "findings missed or invented");
     responder.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_speaks_tls_only_when_a_certificate_is_configured() {
+    let env = Env::new("console-tls").await;
+    let (cert, key) = (env.path("cert.pem"), env.path("key.pem"));
+    let made = Proc::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success(), "openssl could not make a certificate");
+    let config = env.console_config();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "tls:\n  cert: {}\n  key: {}\n",
+        cert.display(),
+        key.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let console = Console::start_tls(&config);
+    let url = format!("https://127.0.0.1:{}", console.port);
+    let curl = |args: &[&str]| {
+        let out = Proc::new("curl")
+            .args(["-s", "--max-time", "10", "--cacert"])
+            .arg(&cert)
+            .args(args)
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{url}/api/v1/findings"),
+    ]);
+    assert_eq!(status, "401", "HTTPS answers, and asks for a login");
+    let headers = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        &format!(r#"{{"username":"{USER}","password":"{PASSWORD}"}}"#),
+        &format!("{url}/api/v1/login"),
+    ]);
+    let cookie = headers
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no session cookie: {headers}"));
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let plain = Http::new(&console.url()).get("/", &[]);
+    assert_ne!(plain.0, 200, "plain HTTP is not served next to TLS");
+}

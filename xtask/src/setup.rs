@@ -17,6 +17,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nats-server", "/usr/sbin/nats-server"),
     ("chromium", "/usr/bin/chromium"),
     ("chromium-driver", "/usr/bin/chromedriver"),
+    // The console's TLS test makes a certificate and speaks HTTPS with them.
+    ("openssl", "/usr/bin/openssl"),
+    ("curl", "/usr/bin/curl"),
     (
         "python3-prometheus-client",
         "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py",
