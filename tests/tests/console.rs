@@ -747,6 +747,47 @@ async fn the_api_authenticates_renders_ocsf_counts_metrics_and_survives_a_restar
     let _ = second.kill();
     let _ = second.wait();
 
+    // `osprey tail --format ocsf` renders the same way.
+    let mut tail = Proc::new(osprey_tests::bin_dir().join("osprey"))
+        .args([
+            "tail",
+            "--since-start",
+            "--format",
+            "ocsf",
+            "--nats",
+            &env.nats.url(),
+        ])
+        .args(["--host", &collector.host])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("osprey is built");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(tail.stdout.take().unwrap()));
+    let reader = std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+            if v["finding_info"]["uid"] == second_finding.id.0.as_str() {
+                return Some(v);
+            }
+        }
+        None
+    });
+    let tailed = eventually(Duration::from_secs(15), || {
+        reader.is_finished().then_some(())
+    })
+    .await;
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert!(
+        tailed.is_some(),
+        "osprey tail printed no OCSF line for the finding"
+    );
+    let line = reader.join().unwrap().expect("the finding as an OCSF line");
+    assert_eq!(
+        (line["class_uid"].clone(), line["severity_id"].clone()),
+        (serde_json::json!(2004), serde_json::json!(4))
+    );
+
     // Metrics, parsed by the reference OpenMetrics parser, against what happened.
     let counted = eventually(Duration::from_secs(15), || {
         let received = collector.findings(|_| true);
