@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context;
-use protocol::{signing, Approval, QuarantineRecord, Timestamp, Verdict};
+use protocol::{signing, QuarantineRecord, Verdict};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum KeysCommand {
@@ -30,6 +30,9 @@ pub struct ApprovalArgs {
     pub key: PathBuf,
     #[arg(long, env = "OSPREY_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
+    /// NATS credentials file (.creds).
+    #[arg(long, env = "OSPREY_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -79,30 +82,18 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
 }
 
 pub async fn approval(args: ApprovalArgs, verdict: Verdict) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.key)
-        .with_context(|| format!("cannot read {}", args.key.display()))?;
-    let pair = signing::KeyPair::from_secret_base64(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.key.display()))?;
-    let mut approval = Approval {
-        pending_id: args.id.clone(),
-        verdict,
-        nonce: signing::random_id(),
-        issued_at: Timestamp::now(),
-        key_id: String::new(),
-        signature: None,
+    let key = client::load_key(&args.key)?;
+    let nats = client::connect(&client::NatsTarget {
+        url: &args.nats,
+        credentials: args.creds.as_deref(),
+        name: "osprey",
+    })
+    .await?;
+    let operator = client::Operator {
+        key: &key,
+        name: None,
     };
-    pair.sign(&mut approval);
-    let client = async_nats::connect(&args.nats)
-        .await
-        .with_context(|| format!("cannot connect to {}", args.nats))?;
-    client
-        .publish(
-            protocol::subject::APPROVALS,
-            protocol::encode(&approval)?.into(),
-        )
-        .await
-        .context("cannot publish the approval")?;
-    client.flush().await.context("cannot flush")?;
+    client::send_approval(&nats, &operator, &args.id, verdict).await?;
     println!("{:?} sent for {}", verdict, args.id);
     Ok(())
 }

@@ -38,12 +38,24 @@ pub struct TailArgs {
     /// Also print events (exec, fork, exit, connect) when collectors publish them.
     #[arg(long)]
     pub events: bool,
-    /// Print each message as one JSON object per line.
-    #[arg(long)]
+    /// Output: `text` (one coloured line each), `json` (Osprey's JSON, one object per line) or
+    /// `ocsf` (OCSF 1.3 JSON per line: Detection Finding 2004, Process Activity 1007, Network
+    /// Activity 4001).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
     /// Replay the findings stored in the OSPREY_FINDINGS stream before following new ones.
     #[arg(long)]
     pub since_start: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Ocsf,
 }
 
 enum Incoming {
@@ -93,7 +105,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     };
 
     let printer = Printer {
-        json: args.json,
+        format: if args.json { Format::Json } else { args.format },
         colour: io::stdout().is_terminal()
             && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
     };
@@ -209,7 +221,7 @@ async fn replay_findings(
 }
 
 struct Printer {
-    json: bool,
+    format: Format,
     colour: bool,
 }
 
@@ -217,13 +229,19 @@ impl Printer {
     fn print(&self, item: Incoming) -> io::Result<()> {
         let line = match item {
             Incoming::Finding(message) => match protocol::decode::<Finding>(&message.payload) {
-                Ok(finding) if self.json => to_json(&finding),
-                Ok(finding) => render::finding_line(&finding, self.colour),
+                Ok(finding) => match self.format {
+                    Format::Text => render::finding_line(&finding, self.colour),
+                    Format::Json => to_json(&finding),
+                    Format::Ocsf => protocol::ocsf::finding(&finding).to_string(),
+                },
                 Err(error) => return undecodable(&message, &error),
             },
             Incoming::Event(message) => match protocol::decode::<Event>(&message.payload) {
-                Ok(event) if self.json => to_json(&event),
-                Ok(event) => render::event_line(&event),
+                Ok(event) => match self.format {
+                    Format::Text => render::event_line(&event),
+                    Format::Json => to_json(&event),
+                    Format::Ocsf => protocol::ocsf::event(&event).to_string(),
+                },
                 Err(error) => return undecodable(&message, &error),
             },
             Incoming::Warning(warning) => {

@@ -436,8 +436,7 @@ impl CollectorConfig {
         if self.nats.url.is_none() && !self.output.jsonl && !local {
             return Err(invalid(
                 "nats.url",
-                "no output: set a NATS URL, enable output.jsonl or use response.mode: local"
-                    .into(),
+                "no output: set a NATS URL, enable output.jsonl or use response.mode: local".into(),
             ));
         }
         if local && !self.actuator.enabled {

@@ -179,7 +179,9 @@ async fn start_actuator(
         std::thread::JoinHandle<()>,
     )>,
 > {
-    use collector::actuator::{nats_endpoints, Actuator, ActuatorOptions, Enforcement, LocalResponse};
+    use collector::actuator::{
+        nats_endpoints, Actuator, ActuatorOptions, Enforcement, LocalResponse,
+    };
     let url = config.nats.url.clone();
     if !config.actuator.enabled || (url.is_none() && local.is_none()) {
         return Ok(None);
@@ -198,9 +200,10 @@ async fn start_actuator(
                 .retry_on_initial_connect()
                 .name("osprey-actuator");
             if let Some(creds) = &config.nats.credentials {
-                options = options.credentials_file(creds).await.with_context(|| {
-                    format!("cannot read NATS credentials {}", creds.display())
-                })?;
+                options = options
+                    .credentials_file(creds)
+                    .await
+                    .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
             }
             Some(
                 options

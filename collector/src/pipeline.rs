@@ -8,8 +8,8 @@ use std::{
 };
 
 use protocol::{
-    ArgvTruncation, ConnectEvent, Event, EventDetail, EventKind, ExecEvent, ForkEvent, Heartbeat,
-    Finding, MemorySampleEvent, Process, Timestamp,
+    ArgvTruncation, ConnectEvent, Event, EventDetail, EventKind, ExecEvent, Finding, ForkEvent,
+    Heartbeat, MemorySampleEvent, Process, Timestamp,
 };
 use rules::SubjectKind;
 use tokio::sync::mpsc;
@@ -290,7 +290,8 @@ impl<S: EventSource> Pipeline<S> {
     /// A verdict about one process's executable: the rules and the intel detector see it.
     fn judge(&mut self, process: Process, verdict: protocol::IntelVerdictEvent) {
         let ancestry = self.table.ancestry(&process);
-        let event = crate::detect::intel::verdict_event(&self.options.host, process, ancestry, verdict);
+        let event =
+            crate::detect::intel::verdict_event(&self.options.host, process, ancestry, verdict);
         self.detect(&event);
     }
 

@@ -19,6 +19,9 @@ pub struct Approval {
     pub verdict: Verdict,
     pub nonce: String,
     pub issued_at: Timestamp,
+    /// The human behind the approval (a console user's name), audited by the responder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
     /// The operator's public key (base64).
     pub key_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

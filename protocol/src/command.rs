@@ -19,11 +19,33 @@ pub struct Command {
     pub action: Action,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finding_id: Option<FindingId>,
+    /// The human behind an operator command (a console user's name), audited by the host.
+    /// Covered by the signature like every other field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
     /// The signer's public key (base64), which must be in the host's trusted keys.
     pub key_id: String,
     /// ed25519 signature (base64); absent on an unsigned command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+}
+
+impl Command {
+    /// A new unsigned command for `host` with a fresh id and nonce, issued now; sign it with
+    /// [`crate::signing::KeyPair::sign`].
+    pub fn new(host: impl Into<String>, action: Action, finding_id: Option<FindingId>) -> Command {
+        Command {
+            id: crate::signing::random_id(),
+            nonce: crate::signing::random_id(),
+            issued_at: Timestamp::now(),
+            host: host.into(),
+            action,
+            finding_id,
+            operator: None,
+            key_id: String::new(),
+            signature: None,
+        }
+    }
 }
 
 /// What to do. Times to live are in seconds; an expired block or suspension is undone by the

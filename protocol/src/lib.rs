@@ -9,10 +9,12 @@ pub mod approval;
 pub mod audit;
 pub mod codec;
 pub mod command;
+pub mod control;
 pub mod event;
 pub mod finding;
 pub mod heartbeat;
 pub mod net;
+pub mod ocsf;
 pub mod process;
 pub mod quarantine;
 pub mod query;
@@ -25,6 +27,7 @@ pub use approval::{Approval, Verdict};
 pub use audit::{Actor, AuditRecord, Decision};
 pub use codec::{decode, encode, CodecError};
 pub use command::{Action, Command, CommandResult, CommandStatus};
+pub use control::{ControlReply, ResponderControl};
 pub use event::{
     ConnectEvent, ConnectHook, Event, EventDetail, EventKind, ExecEvent, ExitEvent, ForkEvent,
     IntelVerdictEvent, MemorySampleEvent, Outcome, SocketFamily, TransportProtocol,

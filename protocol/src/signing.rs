@@ -1,4 +1,4 @@
-//! ed25519 signing of commands and approvals.
+//! ed25519 signing of commands, approvals and responder control messages.
 //!
 //! The signed bytes are the MessagePack encoding ([`crate::encode`]) of the value with its
 //! `signature` field absent, so signer and verifier agree byte for byte. Keys travel as
@@ -8,7 +8,7 @@
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
-use crate::{Approval, Command};
+use crate::{Approval, Command, ResponderControl};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignError {
@@ -32,35 +32,27 @@ pub trait Signed: serde::Serialize + Clone {
     fn signature(&self) -> Option<&str>;
 }
 
-impl Signed for Command {
-    fn key_id_mut(&mut self) -> &mut String {
-        &mut self.key_id
-    }
-    fn key_id(&self) -> &str {
-        &self.key_id
-    }
-    fn signature_mut(&mut self) -> &mut Option<String> {
-        &mut self.signature
-    }
-    fn signature(&self) -> Option<&str> {
-        self.signature.as_deref()
-    }
+/// Implements [`Signed`] for types with `key_id: String` and `signature: Option<String>`.
+macro_rules! signed {
+    ($($ty:ty),*) => {$(
+        impl Signed for $ty {
+            fn key_id_mut(&mut self) -> &mut String {
+                &mut self.key_id
+            }
+            fn key_id(&self) -> &str {
+                &self.key_id
+            }
+            fn signature_mut(&mut self) -> &mut Option<String> {
+                &mut self.signature
+            }
+            fn signature(&self) -> Option<&str> {
+                self.signature.as_deref()
+            }
+        }
+    )*};
 }
 
-impl Signed for Approval {
-    fn key_id_mut(&mut self) -> &mut String {
-        &mut self.key_id
-    }
-    fn key_id(&self) -> &str {
-        &self.key_id
-    }
-    fn signature_mut(&mut self) -> &mut Option<String> {
-        &mut self.signature
-    }
-    fn signature(&self) -> Option<&str> {
-        self.signature.as_deref()
-    }
-}
+signed!(Command, Approval, ResponderControl);
 
 /// A secret key and its public half.
 pub struct KeyPair {
@@ -174,6 +166,7 @@ mod tests {
                 tree: false,
             },
             finding_id: None,
+            operator: Some("alice".into()),
             key_id: String::new(),
             signature: None,
         }
@@ -192,6 +185,9 @@ mod tests {
         let mut tampered = c.clone();
         tampered.host = "other".into();
         assert_eq!(verify(&tampered, &trusted), Err(SignError::BadSignature));
+        let mut renamed = c.clone();
+        renamed.operator = Some("mallory".into());
+        assert_eq!(verify(&renamed, &trusted), Err(SignError::BadSignature));
         let other = KeyPair::generate().unwrap();
         let mut foreign = command();
         other.sign(&mut foreign);

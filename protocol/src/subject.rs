@@ -6,6 +6,8 @@ pub const FINDINGS_STREAM: &str = "OSPREY_FINDINGS";
 pub const FINDINGS_WILDCARD: &str = "osprey.findings.>";
 pub const AUDIT: &str = "osprey.audit";
 pub const APPROVALS: &str = "osprey.responder.approvals";
+/// Signed [`crate::ResponderControl`] requests (dry-run on/off) to the responder.
+pub const RESPONDER_CONTROL: &str = "osprey.responder.control";
 
 /// A NATS-safe token for a host name: characters other than ASCII letters, digits, `-` and
 /// `_` become `_` (NATS tokens cannot hold `.`, `*`, `>` or whitespace).

@@ -18,6 +18,7 @@ impl AuditLog {
     }
 
     pub async fn record(&self, record: AuditRecord) {
+        crate::metrics::get().audited(&record);
         tracing::info!(
             host = %record.host,
             action = %record.action,

@@ -38,6 +38,8 @@ pub struct ResponderConfig {
     pub protected_executables: Vec<String>,
     /// Destinations (CIDRs) never blocked, on top of the NATS servers.
     pub protected_networks: Vec<String>,
+    /// Serve Prometheus `/metrics` on this address (off when absent).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -75,6 +77,7 @@ impl Default for ResponderConfig {
             notify_webhook: None,
             protected_executables: Vec::new(),
             protected_networks: Vec::new(),
+            metrics_address: None,
         }
     }
 }

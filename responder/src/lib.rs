@@ -4,6 +4,8 @@
 
 pub mod audit;
 pub mod config;
+pub mod control;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod processed;

@@ -7,7 +7,9 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use clap::Parser;
 use futures::StreamExt;
 use protocol::{signing::KeyPair, subject, Finding, Heartbeat};
-use responder::{config::ResponderConfig, policy::ResponsePolicy, responder::Responder};
+use responder::{
+    config::ResponderConfig, control::Control, policy::ResponsePolicy, responder::Responder,
+};
 
 /// Osprey's response service: findings → response policy → safety controls → signed
 /// commands to the hosts, every decision audited.
@@ -93,9 +95,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .subscribe("osprey.heartbeat.*")
         .await
         .context("cannot subscribe to heartbeats")?;
-    let dry_run = config.dry_run;
+    let mut control_requests = client
+        .subscribe(subject::RESPONDER_CONTROL)
+        .await
+        .context("cannot subscribe to responder control")?;
+    let mut control = Control::new(&config, client.clone())?;
+    if let Some(address) = config.metrics_address {
+        metrics::spawn(address, responder::metrics::get().registry()).await?;
+    }
     let mut responder = Responder::new(config, policy, key, client.clone())?;
-    tracing::info!(dry_run, "osprey-responder running");
+    control.restore(&mut responder, args.dry_run);
+    tracing::info!(dry_run = responder.dry_run(), "osprey-responder running");
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let shutdown = shutdown_signal();
@@ -113,7 +123,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 };
                 let host = msg.subject.split('.').nth(2).unwrap_or("").to_string();
                 match protocol::decode::<Finding>(&msg.payload) {
-                    Ok(f) => responder.handle_finding(&host, f).await,
+                    Ok(f) => {
+                        responder::metrics::get().finding(f.severity);
+                        responder.handle_finding(&host, f).await
+                    }
                     Err(e) => tracing::warn!(subject = %msg.subject, "skipping a malformed finding: {e}"),
                 }
                 if let Err(e) = msg.ack().await {
@@ -121,6 +134,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
             Some(msg) = approvals.next() => responder.handle_approval(&msg.payload).await,
+            Some(msg) = control_requests.next() => control.serve(&client, &mut responder, msg).await,
             Some(msg) = heartbeats.next() => {
                 let token = msg.subject.split('.').nth(2).unwrap_or("").to_string();
                 if let Ok(h) = protocol::decode::<Heartbeat>(&msg.payload) {

@@ -332,6 +332,7 @@ impl Responder {
                     host: p.finding.host.clone(),
                     action,
                     finding_id: Some(p.finding.id.clone()),
+                    operator: None,
                     key_id: String::new(),
                     signature: None,
                 };
@@ -418,6 +419,7 @@ impl Responder {
                 );
                 r.pending_id = Some(approval.pending_id.clone());
                 r.actor.key_id = Some(approval.key_id.clone());
+                r.actor.name = approval.operator.clone();
                 self.audit.record(r).await;
             }
             Verdict::Approve => {
@@ -430,6 +432,7 @@ impl Responder {
                 );
                 r.pending_id = Some(approval.pending_id.clone());
                 r.actor.key_id = Some(approval.key_id.clone());
+                r.actor.name = approval.operator.clone();
                 self.audit.record(r).await;
                 self.count(&p);
                 self.execute(&p, format!("approved by operator {}", approval.key_id))
@@ -505,6 +508,15 @@ impl Responder {
     pub fn heartbeat(&mut self, subject_host: &str, host: String) {
         self.heartbeats
             .insert(subject_host.to_string(), (host, Instant::now(), false));
+    }
+
+    /// Dry-run: decide and audit, send nothing (switched by operators: `control.rs`).
+    pub fn dry_run(&self) -> bool {
+        self.config.dry_run
+    }
+
+    pub fn set_dry_run(&mut self, on: bool) {
+        self.config.dry_run = on;
     }
 }
 

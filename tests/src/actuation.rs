@@ -9,10 +9,7 @@ use std::{
     time::Duration,
 };
 
-use protocol::{
-    signing::{random_id, KeyPair},
-    Action, AuditRecord, BootId, Command, CommandResult, ExecId, Timestamp,
-};
+use protocol::{signing::KeyPair, Action, AuditRecord, BootId, Command, CommandResult, ExecId};
 
 use crate::{cgroup::TestCgroup, collector::Collector, eventually, nats::NatsServer, workload};
 
@@ -139,16 +136,7 @@ impl Env {
 }
 
 pub fn unsigned(host: &str, action: Action) -> Command {
-    Command {
-        id: random_id(),
-        nonce: random_id(),
-        issued_at: Timestamp::now(),
-        host: host.to_string(),
-        action,
-        finding_id: None,
-        key_id: String::new(),
-        signature: None,
-    }
+    Command::new(host, action, None)
 }
 
 pub fn audit_lines(path: &Path) -> Vec<AuditRecord> {

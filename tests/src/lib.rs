@@ -3,8 +3,11 @@
 //! (`cargo xtask test` passes `--test-threads=1`): each loads the sensor.
 
 pub mod actuation;
+pub mod browser;
 pub mod cgroup;
 pub mod collector;
+pub mod console;
+pub mod metrics;
 pub mod nats;
 pub mod responder;
 pub mod virustotal;

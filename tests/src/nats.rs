@@ -167,7 +167,8 @@ fn greets_like_nats(address: &SocketAddr) -> bool {
     BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("INFO ")
 }
 
-fn free_port() -> u16 {
+/// A free loopback port (never 4222, which may belong to a system nats-server).
+pub fn free_port() -> u16 {
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let port = listener

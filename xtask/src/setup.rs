@@ -1,4 +1,5 @@
-//! Idempotent installation of what the build and tests need: Debian packages (nats-server),
+//! Idempotent installation of what the build and tests need: Debian packages (nats-server,
+//! chromium and its driver, python3-prometheus-client),
 //! the nightly's rust-src and bpf-linker at the pinned version (../shared/TOOLCHAIN.md).
 
 use std::{path::Path, process::Command};
@@ -9,8 +10,21 @@ use crate::util::{output, run};
 
 /// The bpf-linker release verified with this nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Packages the pipeline and the tests use.
-const PACKAGES: &[(&str, &str)] = &[("nats-server", "/usr/sbin/nats-server")];
+/// Packages the pipeline and the tests use: the console's browser test drives Debian's
+/// Chromium through chromedriver, and its metrics are checked by the reference OpenMetrics
+/// parser (Python's prometheus_client).
+const PACKAGES: &[(&str, &str)] = &[
+    ("nats-server", "/usr/sbin/nats-server"),
+    ("chromium", "/usr/bin/chromium"),
+    ("chromium-driver", "/usr/bin/chromedriver"),
+    // The console's TLS test makes a certificate and speaks HTTPS with them.
+    ("openssl", "/usr/bin/openssl"),
+    ("curl", "/usr/bin/curl"),
+    (
+        "python3-prometheus-client",
+        "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py",
+    ),
+];
 
 pub fn all() -> anyhow::Result<()> {
     packages(PACKAGES)?;

@@ -9,9 +9,7 @@
 
 use std::collections::VecDeque;
 
-use protocol::{
-    signing::random_id, Action, ActionKind, AuditRecord, Command, Decision, Finding, Timestamp,
-};
+use protocol::{Action, ActionKind, AuditRecord, Command, Decision, Finding};
 
 use super::{Actuator, Handled, LongAction};
 
@@ -74,16 +72,7 @@ impl Actuator {
                 self.audit_local(f, action.name(), Decision::DryRun, reason);
                 continue;
             }
-            let command = Command {
-                id: random_id(),
-                nonce: random_id(),
-                issued_at: Timestamp::now(),
-                host: self.host.clone(),
-                action,
-                finding_id: Some(f.id.clone()),
-                key_id: String::new(),
-                signature: None,
-            };
+            let command = Command::new(self.host.clone(), action, Some(f.id.clone()));
             let step = self.perform(&command);
             if let Handled::Later(long) = self.conclude(command, step, Some(ACTOR)) {
                 return Some((long, plan));
@@ -98,8 +87,14 @@ impl Actuator {
             Decision::DryRun => "not done",
             _ => "refused",
         };
-        let mut record =
-            AuditRecord::new("actuator", self.host.clone(), action, decision, reason, result);
+        let mut record = AuditRecord::new(
+            "actuator",
+            self.host.clone(),
+            action,
+            decision,
+            reason,
+            result,
+        );
         record.finding_id = Some(f.id.clone());
         record.target = Some(f.process.exec_id.to_string());
         record.pid = Some(f.process.pid);

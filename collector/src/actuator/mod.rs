@@ -233,7 +233,10 @@ fn audit_command(
         record.pid = c.action.target().map(|t| t.pid);
     }
     record.exe = context.exe.clone();
-    record.actor.name = context.actor.map(String::from);
+    record.actor.name = context
+        .actor
+        .map(String::from)
+        .or_else(|| command.and_then(|c| c.operator.clone()));
     record.quarantine_path = outcome.quarantine_path.clone();
     record.dump_path = outcome.dump_path.clone();
     audit.record(&record);
@@ -468,14 +471,25 @@ impl Actuator {
             exe: command
                 .action
                 .target()
-                .and_then(|t| self.images.get(t.pid).filter(|i| i.exec_id.same_process(&t)))
+                .and_then(|t| {
+                    self.images
+                        .get(t.pid)
+                        .filter(|i| i.exec_id.same_process(&t))
+                })
                 .map(|i| i.exe),
             actor,
         };
         match step {
             Step::Now(outcome) => {
                 let result = result_of(&self.host, &command, &outcome);
-                audit_command(&self.audit, &self.host, Some(&command), &context, &outcome, &result);
+                audit_command(
+                    &self.audit,
+                    &self.host,
+                    Some(&command),
+                    &context,
+                    &outcome,
+                    &result,
+                );
                 Handled::Done(result)
             }
             Step::Later(job) => Handled::Later(Box::new(LongAction {
@@ -1013,7 +1027,10 @@ impl Actuator {
         };
         let (mut findings, settings) = match local {
             Some((rx, settings)) => {
-                tracing::info!(dry_run = settings.dry_run, "local response: this host acts on its findings");
+                tracing::info!(
+                    dry_run = settings.dry_run,
+                    "local response: this host acts on its findings"
+                );
                 (Some(rx), settings)
             }
             None => (None, LocalResponse::default()),
@@ -1069,9 +1086,7 @@ impl Actuator {
     }
 }
 
-async fn next_command(
-    sub: &mut Option<async_nats::Subscriber>,
-) -> Option<async_nats::Message> {
+async fn next_command(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats::Message> {
     match sub {
         Some(sub) => sub.next().await,
         None => std::future::pending().await,

@@ -46,7 +46,8 @@ impl IntelDetector {
         cache_path: &Path,
         safe_paths: &[PathBuf],
     ) -> Result<(IntelDetector, Option<mpsc::Receiver<Answer<ExecId>>>), IntelStartError> {
-        let feeds = Feeds::start(&config.feeds, &config.feeds_dir).map_err(IntelStartError::Feeds)?;
+        let feeds =
+            Feeds::start(&config.feeds, &config.feeds_dir).map_err(IntelStartError::Feeds)?;
         let (virustotal, answers) = match &config.virustotal {
             Some(vt) => {
                 let mut vt = vt.clone();
