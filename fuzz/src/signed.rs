@@ -13,7 +13,7 @@ use crate::fixtures::{signer, TRUSTED};
 pub fn command_bytes(bytes: &[u8]) {
     if let Ok(command) = protocol::decode::<Command>(bytes) {
         let _ = command_checks(&command);
-        round_trip(&command);
+        through_the_wire(&command);
     }
 }
 
@@ -21,7 +21,7 @@ pub fn command_bytes(bytes: &[u8]) {
 pub fn approval_bytes(bytes: &[u8]) {
     if let Ok(approval) = protocol::decode::<Approval>(bytes) {
         let _ = approval_checks(&approval);
-        round_trip(&approval);
+        through_the_wire(&approval);
     }
 }
 
@@ -44,18 +44,6 @@ fn command_checks(command: &Command) -> Result<(), SignError> {
 /// What the responder looks at before acting on an operator's verdict.
 fn approval_checks(approval: &Approval) -> Result<(), SignError> {
     signing::verify(approval, &TRUSTED)
-}
-
-/// A decoded value re-encodes to bytes that decode to the same value: the verifier signs the
-/// re-encoding, so a lossy round trip would make valid signatures fail (or differ from what
-/// was signed).
-fn round_trip<T>(value: &T)
-where
-    T: Signed + DeserializeOwned + PartialEq + std::fmt::Debug,
-{
-    let bytes = protocol::encode(value).expect("a decoded value encodes");
-    let back: T = protocol::decode(&bytes).expect("an encoded value decodes");
-    assert_eq!(&back, value);
 }
 
 /// One input of the structure-aware target: a command or an approval built field by field,
@@ -87,11 +75,14 @@ pub fn structured(input: Structured) {
     }
 }
 
+/// Encodes `value` and decodes it again, which must give the same value: the verifier checks
+/// the signature over the re-encoding of what it decoded, so a lossy round trip would make
+/// valid signatures fail (or cover something other than what was signed).
 fn through_the_wire<T>(value: &T) -> T
 where
     T: Signed + DeserializeOwned + PartialEq + std::fmt::Debug,
 {
-    let bytes = protocol::encode(value).expect("a structured value encodes");
+    let bytes = protocol::encode(value).expect("a decoded or built value encodes");
     let back: T = protocol::decode(&bytes).expect("an encoded value decodes");
     assert_eq!(&back, value);
     back
