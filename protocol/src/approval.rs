@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -12,6 +13,7 @@ pub enum Verdict {
     Deny,
 }
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     /// The pending action's id, as the audit record of `awaiting_approval` names it.

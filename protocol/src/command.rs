@@ -7,6 +7,7 @@ use crate::{ActionKind, EventDetail, ExecId, Finding, FindingId, Timestamp};
 
 /// A signed instruction for one host. The signature covers the MessagePack encoding of the
 /// command without its `signature` field ([`crate::signing`]).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     /// Unique per command (also names the audit records of its handling).
@@ -50,6 +51,7 @@ impl Command {
 
 /// What to do. Times to live are in seconds; an expired block or suspension is undone by the
 /// actuator itself.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {

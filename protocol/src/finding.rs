@@ -8,6 +8,7 @@ use crate::{Ancestor, EventDetail, ExecId, Process, Severity, Timestamp};
 /// Deterministic id of a finding: the same rule on the same `ExecId` on the same host always
 /// yields the same id, so a finding re-sent after an outage is de-duplicated by JetStream
 /// (`Nats-Msg-Id`) and by consumers.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct FindingId(pub String);

@@ -6,6 +6,7 @@ use std::{fmt, str::FromStr};
 use crate::Timestamp;
 
 /// The first 8 hex digits of `/proc/sys/kernel/random/boot_id`: tells reboots apart.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BootId(pub u32);
 
@@ -28,6 +29,7 @@ impl fmt::Display for BootId {
 /// field 22 of `/proc/<pid>/stat` shows it and `seq` counts execs within the process (0 for
 /// the image running when first seen). Stable across kernel and /proc views, changes on exec,
 /// never collides across pid reuse or reboots.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExecId {
     pub boot: BootId,

@@ -74,6 +74,20 @@ pub(crate) enum Cond {
     Item(Item),
 }
 
+impl Cond {
+    /// The values the matcher will hold for this condition (an item without values counts
+    /// one): what a condition costs to compile and keep.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Cond::And(all) | Cond::Or(all) | Cond::AtLeast(_, all) => {
+                all.iter().map(Cond::size).sum()
+            }
+            Cond::Not(inner) => inner.size(),
+            Cond::Item(item) => item.patterns.len().max(1),
+        }
+    }
+}
+
 /// A rule ready for the matcher.
 #[derive(Clone, Debug)]
 pub(crate) struct RuleIr {

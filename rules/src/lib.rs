@@ -17,6 +17,7 @@
 
 mod engine;
 mod error;
+mod expansion;
 mod field;
 mod input;
 mod ir;

@@ -97,6 +97,12 @@ impl Loaded {
     /// Loads the rules of one file's text; `path` names it in reports and errors.
     pub(crate) fn add_text(&mut self, path: &Path, text: &str) {
         self.files.push(path.to_path_buf());
+        // Measured before anything is built from it (a YAML bomb would be built in full).
+        for doc in yaml_serde::Deserializer::from_str(text) {
+            if let Err(e) = crate::expansion::check(doc, text.len()) {
+                return self.problems.push(Problem::yaml(path, &e));
+            }
+        }
         let mut kinds = Vec::new();
         for doc in yaml_serde::Deserializer::from_str(text) {
             match Value::deserialize(doc) {

@@ -278,6 +278,37 @@ fn a_failed_load_is_only_an_error() {
     assert_eq!(current.evaluate(&MatchInput::from_event(&event)).len(), 1);
 }
 
+/// Both YAML bombs are refused with an error naming the file, before they are built: nested
+/// aliases (the billion laughs) and one large anchor repeated many times (found while fuzzing
+/// the loaders: yaml_serde's own repetition limit let 26 KB take 930 MB).
+#[test]
+fn yaml_bombs_are_refused_before_they_expand() {
+    let mut laughs = vec!["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]".to_string()];
+    for (prev, name) in "abcdefgh".chars().zip("bcdefghi".chars()) {
+        let refs = vec![format!("*{prev}"); 9].join(", ");
+        laughs.push(format!("{name}: &{name} [{refs}]"));
+    }
+    let laughs = laughs.join("\n") + "\nversion: 1\n";
+    let list = (0..3000)
+        .map(|i| format!("v{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let repeated = format!(
+        "version: 1\nl: &l [{list}]\nrules:\n  - id: r\n    title: t\n    severity: low\n    \
+         match:\n      argv_contains: [{}]\n",
+        vec!["*l"; 3000].join(",")
+    );
+    for text in [laughs, repeated] {
+        let err = policy(&text).expect_err("a YAML bomb does not load");
+        let shown = err.to_string();
+        assert!(shown.starts_with("policy.yaml:"), "{shown}");
+        assert!(
+            shown.contains("aliases expand this document by more than 100000 values"),
+            "{shown}"
+        );
+    }
+}
+
 #[test]
 fn policy_and_sigma_load_together_from_a_directory() {
     let dir = tempfile::tempdir().unwrap();

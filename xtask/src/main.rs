@@ -3,6 +3,7 @@
 //! are all a user types.
 
 mod bench;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -29,6 +30,8 @@ enum Command {
     Test(test::TestArgs),
     /// Measure overhead and latency: exec and connect storms with and without the collector.
     Bench(bench::BenchArgs),
+    /// Run the fuzz targets (fuzz/) for a bounded number of runs or seconds each.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run_bench(args),
+        Command::Fuzz(args) => fuzz::run(args),
     }
 }

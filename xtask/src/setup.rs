@@ -1,6 +1,6 @@
 //! Idempotent installation of what the build and tests need: Debian packages (nats-server,
-//! chromium and its driver, python3-prometheus-client),
-//! the nightly's rust-src and bpf-linker at the pinned version (../shared/TOOLCHAIN.md).
+//! chromium and its driver, python3-prometheus-client), the nightly's rust-src and bpf-linker
+//! at the pinned version (../shared/TOOLCHAIN.md), and cargo-fuzz for the fuzz targets.
 
 use std::{path::Path, process::Command};
 
@@ -10,6 +10,8 @@ use crate::util::{output, run};
 
 /// The bpf-linker release verified with this nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The cargo-fuzz release `cargo xtask fuzz` runs the fuzz targets with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Packages the pipeline and the tests use: the console's browser test drives Debian's
 /// Chromium through chromedriver, and its metrics are checked by the reference OpenMetrics
 /// parser (Python's prometheus_client).
@@ -30,6 +32,7 @@ pub fn all() -> anyhow::Result<()> {
     packages(PACKAGES)?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     Ok(())
 }
 
@@ -67,6 +70,22 @@ fn rust_src() -> anyhow::Result<()> {
         return Ok(());
     }
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// cargo-fuzz at the pinned version (it drives the nightly build of `fuzz/`).
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    let wanted = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    if output(crate::util::cargo().args(["fuzz", "--version"])).is_some_and(|v| v.trim() == wanted)
+    {
+        return Ok(());
+    }
+    run(crate::util::cargo().args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

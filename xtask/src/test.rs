@@ -29,6 +29,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             .args(["test", "--", "--test-threads=1"])
             .env("OSPREY_BIN_DIR", root.join("target/debug")),
     )?;
+    crate::fuzz::run(crate::fuzz::FuzzArgs::default())?;
     if !args.skip_windows {
         run_cmd(
             Command::new("bash")

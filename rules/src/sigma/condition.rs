@@ -4,6 +4,16 @@
 use super::Issue;
 use crate::ir::Cond;
 
+/// Parentheses and `not` nest this deep at most. Real rules use a few levels; the parser, and
+/// everything that walks the condition after it, recurses once per level, so an unbounded
+/// depth would overflow the stack of the thread loading the rules.
+const MAX_NESTING: usize = 32;
+
+/// A condition holds this many values at most, counted after expansion: each reference to a
+/// selection (by name or through `N of`) copies it, so a short condition naming a large
+/// selection many times would otherwise make the matcher grow with the square of the file.
+const MAX_SIZE: usize = 20_000;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Tok {
     Open,
@@ -43,6 +53,10 @@ struct Parser<'a> {
     at: usize,
     selections: &'a [(String, Cond)],
     text: &'a str,
+    /// Open parentheses and `not`s around the current token.
+    depth: usize,
+    /// Values of the selections referenced so far ([`Cond::size`]).
+    size: usize,
 }
 
 /// Parses `text` into a condition over the named `selections`.
@@ -52,6 +66,8 @@ pub(crate) fn parse(text: &str, selections: &[(String, Cond)]) -> Result<Cond, I
         at: 0,
         selections,
         text,
+        depth: 0,
+        size: 0,
     };
     if parser.toks.is_empty() {
         return Err(parser.invalid("the condition is empty".into()));
@@ -77,14 +93,49 @@ fn keyword(tok: Option<&Tok>, kw: &str) -> bool {
 
 impl Parser<'_> {
     fn invalid(&self, message: String) -> Issue {
+        // Quote the condition, but not a page of it.
+        const SHOWN: usize = 120;
+        let quoted = match self.text.char_indices().nth(SHOWN) {
+            Some((cut, _)) => format!("{:?}...", &self.text[..cut]),
+            None => format!("{:?}", self.text),
+        };
         Issue::Invalid {
             field: Some("condition".into()),
-            message: format!("{message} in {:?}", self.text),
+            message: format!("{message} in {quoted}"),
         }
     }
 
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.at)
+    }
+
+    /// Parses one nesting level deeper with `parse`, within [`MAX_NESTING`].
+    fn nested(&mut self, parse: fn(&mut Self) -> Result<Cond, Issue>) -> Result<Cond, Issue> {
+        if self.depth == MAX_NESTING {
+            return Err(self.invalid(format!(
+                "parentheses and `not` nest deeper than {MAX_NESTING} levels"
+            )));
+        }
+        self.depth += 1;
+        let cond = parse(self);
+        self.depth -= 1;
+        cond
+    }
+
+    /// A copy of the selections `chosen` for the condition, within [`MAX_SIZE`].
+    fn copy<'c>(&mut self, chosen: impl IntoIterator<Item = &'c Cond>) -> Result<Vec<Cond>, Issue> {
+        let mut out = Vec::new();
+        for cond in chosen {
+            self.size += cond.size();
+            if self.size > MAX_SIZE {
+                return Err(self.invalid(format!(
+                    "the selections it names add up to more than {MAX_SIZE} values (each \
+                     reference counts the whole selection)"
+                )));
+            }
+            out.push(cond.clone());
+        }
+        Ok(out)
     }
 
     fn or(&mut self) -> Result<Cond, Issue> {
@@ -116,7 +167,7 @@ impl Parser<'_> {
     fn not(&mut self) -> Result<Cond, Issue> {
         if keyword(self.peek(), "not") {
             self.at += 1;
-            return Ok(Cond::Not(Box::new(self.not()?)));
+            return Ok(Cond::Not(Box::new(self.nested(Self::not)?)));
         }
         self.primary()
     }
@@ -128,7 +179,7 @@ impl Parser<'_> {
         self.at += 1;
         match tok {
             Tok::Open => {
-                let inner = self.or()?;
+                let inner = self.nested(Self::or)?;
                 match self.peek() {
                     Some(Tok::Close) => {
                         self.at += 1;
@@ -149,11 +200,11 @@ impl Parser<'_> {
                 {
                     return Err(self.invalid(format!("unexpected `{word}`")));
                 }
-                self.selections
-                    .iter()
-                    .find(|(name, _)| *name == word)
-                    .map(|(_, cond)| cond.clone())
-                    .ok_or_else(|| self.invalid(format!("unknown selection `{word}`")))
+                let selections = self.selections;
+                let Some((_, cond)) = selections.iter().find(|(name, _)| *name == word) else {
+                    return Err(self.invalid(format!("unknown selection `{word}`")));
+                };
+                Ok(self.copy([cond])?.remove(0))
             }
         }
     }
@@ -164,20 +215,19 @@ impl Parser<'_> {
             return Err(self.invalid(format!("`{quantifier} of` needs a selection pattern")));
         };
         self.at += 1;
-        let chosen: Vec<Cond> = if target == "them" {
-            // Sigma: `them` leaves out selections whose names start with an underscore.
-            self.selections
-                .iter()
-                .filter(|(name, _)| !name.starts_with('_'))
-                .map(|(_, c)| c.clone())
-                .collect()
-        } else {
-            self.selections
-                .iter()
-                .filter(|(name, _)| star_match(&target, name))
-                .map(|(_, c)| c.clone())
-                .collect()
-        };
+        let selections = self.selections;
+        let chosen = selections
+            .iter()
+            .filter(|(name, _)| {
+                if target == "them" {
+                    // Sigma: `them` leaves out selections whose names start with an underscore.
+                    !name.starts_with('_')
+                } else {
+                    star_match(&target, name)
+                }
+            })
+            .map(|(_, c)| c);
+        let chosen = self.copy(chosen)?;
         if chosen.is_empty() {
             return Err(self.invalid(format!("`{quantifier} of {target}` names no selection")));
         }
@@ -298,6 +348,59 @@ mod tests {
             parse("selection_a | count() > 5", &s),
             Err(Issue::Unsupported(_))
         ));
+    }
+
+    /// Found while fuzzing the loaders: 4,000 nested parentheses overflowed the stack of
+    /// `osprey rules check` (and would abort the collector on a reload).
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let s = sels();
+        let depth = 100_000;
+        let parens = format!("{}selection_a{}", "(".repeat(depth), ")".repeat(depth));
+        let nots = format!("{}selection_a", "not ".repeat(depth));
+        for text in [parens, nots] {
+            match parse(&text, &s) {
+                Err(Issue::Invalid { message, .. }) => {
+                    assert!(
+                        message.contains("nest deeper than 32 levels"),
+                        "{message:.80}"
+                    )
+                }
+                other => panic!("{other:.80?}"),
+            }
+        }
+        let ok = format!("{}selection_a{}", "(".repeat(31), ")".repeat(31));
+        assert_eq!(parse(&ok, &s).unwrap(), sel(0));
+        assert!(parse(&format!("not {ok}"), &s).is_ok(), "32 levels");
+    }
+
+    /// Found while fuzzing the loaders: an 18 KB rule naming an 800-value selection 1,000
+    /// times compiled 800,000 values (100 MB, growing with the square of the file).
+    #[test]
+    fn references_cannot_multiply_a_selection_past_the_limit() {
+        let big = Cond::Item(Item {
+            field: Field::CommandLine,
+            patterns: (0..1000)
+                .map(|n| Pattern::Literal {
+                    kind: LitKind::Exact,
+                    text: n.to_string(),
+                })
+                .collect(),
+            all: false,
+        });
+        let s = vec![("big".to_string(), big)];
+        assert!(parse(&vec!["big"; 20].join(" or "), &s).is_ok());
+        for text in [
+            vec!["big"; 21].join(" or "),
+            vec!["1 of them"; 21].join(" and "),
+        ] {
+            match parse(&text, &s) {
+                Err(Issue::Invalid { message, .. }) => {
+                    assert!(message.contains("more than 20000 values"), "{message:.80}")
+                }
+                other => panic!("{other:.80?}"),
+            }
+        }
     }
 
     #[test]

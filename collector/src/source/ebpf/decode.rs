@@ -1,4 +1,8 @@
 //! Decoding ring-buffer records into typed values.
+//!
+//! The fuzz target `ring_record` compiles this file on its own (`fuzz/src/ring.rs`, without the
+//! collector's dependencies): it may use only `sensor_common`, `protocol`, `libc` and
+//! `thiserror`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
