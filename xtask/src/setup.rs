@@ -9,8 +9,12 @@ use crate::util::{output, run};
 
 /// The bpf-linker release verified with this nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Packages the pipeline and the tests use.
-const PACKAGES: &[(&str, &str)] = &[("nats-server", "/usr/sbin/nats-server")];
+/// Packages the pipeline and the tests use (python3: the history tests parse the CSV export
+/// with Python's `csv` module).
+const PACKAGES: &[(&str, &str)] = &[
+    ("nats-server", "/usr/sbin/nats-server"),
+    ("python3", "/usr/bin/python3"),
+];
 
 pub fn all() -> anyhow::Result<()> {
     packages(PACKAGES)?;

@@ -9,6 +9,7 @@
 //! it). Items unseen for `expire_after_days` are forgotten.
 
 mod book;
+pub mod report;
 
 use std::{collections::HashMap, sync::Arc};
 

@@ -64,17 +64,21 @@ pub struct Scorer {
     #[cfg(feature = "onnx")]
     onnx: Option<onnx::OnnxModel>,
     threshold: f32,
+    #[cfg(feature = "onnx")]
     model_threshold: f32,
     pub onnx_failures: u64,
 }
 
 impl Scorer {
+    /// `model_threshold` applies to the ONNX model's scores, `threshold` to the forest's.
+    #[cfg_attr(not(feature = "onnx"), allow(unused_variables))]
     pub fn new(threshold: f32, model_threshold: f32) -> Self {
         Scorer {
             forest: None,
             #[cfg(feature = "onnx")]
             onnx: None,
             threshold,
+            #[cfg(feature = "onnx")]
             model_threshold,
             onnx_failures: 0,
         }
