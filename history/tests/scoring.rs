@@ -114,6 +114,7 @@ fn the_forest_trained_on_this_host_scores_the_unusual_above_the_typical() {
 
     let typical_score = history.score(&typical()).unwrap();
     let unusual_score = history.score(&unusual()).unwrap();
+    eprintln!("typical {typical_score:?}\nunusual {unusual_score:?}");
     assert_eq!(unusual_score.model, ModelKind::IsolationForest);
     assert!(
         unusual_score.value > typical_score.value + 0.15,

@@ -202,6 +202,16 @@ fn a_full_queue_drops_and_counts_and_never_blocks() {
     assert_eq!(count(&conn, "connections") as u64, stats.written);
 }
 
+/// destination, outcome, duration_ms, bytes_sent, bytes_received, source_port
+type ConnectionSummary = (
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
 #[test]
 fn tcp_closes_complete_their_connect_rows_with_duration_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -237,14 +247,7 @@ fn tcp_closes_complete_their_connect_rows_with_duration_and_bytes() {
     );
     history.close().unwrap();
     let conn = store::open_read_only(&config.path).unwrap();
-    let rows: Vec<(
-        String,
-        String,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-    )> = conn
+    let rows: Vec<ConnectionSummary> = conn
         .prepare(
             "SELECT destination, outcome, duration_ms, bytes_sent, bytes_received, source_port
              FROM connections ORDER BY start_ns",

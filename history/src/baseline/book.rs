@@ -2,7 +2,11 @@
 //! and the items it learned. Generic over the owner and item types; the three kinds are
 //! destinations per identity, children per parent program, hashes per path.
 
-use std::{collections::HashMap, hash::Hash, sync::Arc};
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    hash::Hash,
+    sync::Arc,
+};
 
 use protocol::{ExecId, Timestamp};
 
@@ -47,7 +51,7 @@ impl EntryState {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Entry {
+pub(crate) struct Item {
     pub state: EntryState,
     pub first: i64,
     pub last: i64,
@@ -62,7 +66,7 @@ pub(crate) struct Owner<K> {
     pub first: i64,
     pub last: i64,
     dirty: bool,
-    pub entries: HashMap<K, Entry>,
+    pub entries: HashMap<K, Item>,
 }
 
 /// What an observation means.
@@ -187,22 +191,21 @@ impl<O: OwnerKey, K: ItemKey> Book<O, K> {
 
     /// The owner, created (its learning clock starting now) when there is room.
     pub fn touch(&mut self, owner: &O, now: i64) -> Option<&mut Owner<K>> {
-        if !self.owners.contains_key(owner) {
-            if self.owners.len() >= self.max_owners {
+        let full = self.owners.len() >= self.max_owners;
+        // One hash of the key (the clone is two reference counts): this is the event path.
+        let o = match self.owners.entry(owner.clone()) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(_) if full => {
                 self.untracked += 1;
                 return None;
             }
-            self.owners.insert(
-                owner.clone(),
-                Owner {
-                    first: now,
-                    last: now,
-                    dirty: true,
-                    entries: HashMap::new(),
-                },
-            );
-        }
-        let o = self.owners.get_mut(owner)?;
+            Entry::Vacant(v) => v.insert(Owner {
+                first: now,
+                last: now,
+                dirty: true,
+                entries: HashMap::new(),
+            }),
+        };
         if o.last < now {
             o.last = now;
             o.dirty = true;
@@ -243,7 +246,7 @@ impl<O: OwnerKey, K: ItemKey> Book<O, K> {
         };
         o.entries.insert(
             item.clone(),
-            Entry {
+            Item {
                 state,
                 first: now,
                 last: now,
@@ -292,7 +295,7 @@ impl<O: OwnerKey, K: ItemKey> Book<O, K> {
             None => {
                 o.entries.insert(
                     item,
-                    Entry {
+                    Item {
                         state: EntryState::Accepted,
                         first: now,
                         last: now,
@@ -378,7 +381,7 @@ impl<O: OwnerKey, K: ItemKey> Book<O, K> {
         });
         o.entries.insert(
             item,
-            Entry {
+            Item {
                 state,
                 first,
                 last,

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use protocol::{ExecId, Timestamp};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use crate::HistoryError;
 
@@ -182,15 +182,4 @@ pub fn list(
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
-}
-
-/// The highest override id (0 when none).
-pub fn last_id(conn: &Connection) -> Result<i64, HistoryError> {
-    Ok(conn
-        .query_row("SELECT max(id) FROM baseline_overrides", [], |r| {
-            r.get::<_, Option<i64>>(0)
-        })
-        .optional()?
-        .flatten()
-        .unwrap_or(0))
 }

@@ -272,7 +272,7 @@ pub fn export(
             let mut w = csv::Writer::from_writer(out);
             w.write_record(columns.iter().map(|c| c.name))
                 .map_err(csv_error)?;
-            Sink::Csv(w)
+            Sink::Csv(Box::new(w))
         }
         Format::Jsonl => Sink::Jsonl(out),
     };
@@ -316,7 +316,7 @@ pub fn export(
 }
 
 enum Sink<'a> {
-    Csv(csv::Writer<&'a mut dyn Write>),
+    Csv(Box<csv::Writer<&'a mut dyn Write>>),
     Jsonl(&'a mut dyn Write),
 }
 
