@@ -12,7 +12,7 @@ pub const DEFAULT_PATH: &str = "/var/lib/osprey/history.db";
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
-    /// Off: no store, no baselines, no scoring.
+    /// Off: the collector does not open the history (no store, baselines or scores).
     pub enabled: bool,
     /// The SQLite file (created with its directory when missing).
     pub path: PathBuf,

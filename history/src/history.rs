@@ -47,6 +47,8 @@ const PROCESS_CACHE: usize = 131_072;
 /// How long a process's cache entry outlives its exit (its sockets close after it).
 const EXITED_GRACE_NS: i64 = 120_000_000_000;
 const NANOS_PER_SEC: i64 = 1_000_000_000;
+/// Exited processes leave the cache this often.
+const PRUNE_EVERY_NS: i64 = 10 * NANOS_PER_SEC;
 /// Baseline items unseen for `expire_after_days` are dropped this often.
 const EXPIRE_EVERY_NS: i64 = 3_600 * NANOS_PER_SEC;
 
@@ -129,6 +131,7 @@ pub struct History {
     _trainer: Option<Trainer>,
     next_flush: i64,
     next_expire: i64,
+    next_prune: i64,
     scored: u64,
     suspicious: u64,
     model_error: Option<String>,
@@ -197,6 +200,7 @@ impl History {
             _trainer: trainer,
             next_flush: 0,
             next_expire: 0,
+            next_prune: 0,
             scored: 0,
             suspicious: 0,
             model_error,
@@ -278,6 +282,8 @@ impl History {
         self.check_hash(process, sha256, time.unix_nanos())
     }
 
+    /// A process ended. Call it also for processes the collector's table drops without an
+    /// exit (reconciliation), so the cache here does not keep them.
     pub fn process_exited(&mut self, exec_id: &ExecId, time: Timestamp, exit: &ExitEvent) {
         if let Some(info) = self.processes.get_mut(exec_id) {
             info.exited = Some(time.unix_nanos());
@@ -479,8 +485,11 @@ impl History {
             self.next_flush =
                 now_ns + self.config.baseline.flush_interval_secs as i64 * NANOS_PER_SEC;
         }
-        self.processes
-            .retain(|_, p| p.exited.is_none_or(|t| now_ns - t < EXITED_GRACE_NS));
+        if now_ns >= self.next_prune {
+            self.processes
+                .retain(|_, p| p.exited.is_none_or(|t| now_ns - t < EXITED_GRACE_NS));
+            self.next_prune = now_ns + PRUNE_EVERY_NS;
+        }
         tick
     }
 
@@ -965,5 +974,16 @@ fn outcome_str(outcome: Outcome) -> &'static str {
         Outcome::Denied => "denied",
         Outcome::Error => "error",
         Outcome::Pending => "pending",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The collector may keep its `History` in an async task or move it to a thread.
+    #[test]
+    fn history_can_move_between_threads() {
+        fn is_send<T: Send>() {}
+        is_send::<super::History>();
+        is_send::<super::HistoryHandle>();
     }
 }

@@ -263,3 +263,27 @@ fn a_broken_model_is_an_error_and_the_forest_keeps_scoring() {
     assert_eq!(history.stats().model_error, None);
     history.close().unwrap();
 }
+
+#[test]
+fn the_trainer_thread_trains_when_learning_ends_and_the_scorer_picks_it_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    // The host's learning ends two seconds after the file is created; too little history is
+    // retried every tenth of the retrain interval.
+    config.baseline.learning_period_hours = 2.0 / 3600.0;
+    config.scoring.retrain_interval_hours = 5.0 / 3600.0;
+    let mut history = History::open(&config, HOST, &engines()).unwrap();
+    generate_history(&mut history);
+    history.handle().flush().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while history.stats().model_rows.is_none() && std::time::Instant::now() < deadline {
+        history.tick(at(now()));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(history.stats().model_rows, Some(600));
+    assert_eq!(
+        history.score(&unusual()).unwrap().model,
+        ModelKind::IsolationForest
+    );
+    history.close().unwrap();
+}
