@@ -174,28 +174,53 @@ fn a_full_queue_drops_and_counts_and_never_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.queue_capacity = 8;
-    config.batch_interval_ms = 0;
+    config.batch_max = 1;
     let history = History::open(&config, HOST, &engines()).unwrap();
     let handle = history.handle();
-    // Another writer holds the file: the writer thread waits on it with its batch.
+    // Another connection holds the write lock: the writer thread gets stuck on its first
+    // batch (for up to its 5 s busy timeout), and the queue fills up behind it.
     let blocker = store::open(&config.path).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let t = now();
-    let sent = 1_000u64;
+    let mut sent = 0u64;
+    let mut row = || {
+        sent += 1;
+        Record::Close(connection_row(sent as u32, t + sent as i64))
+    };
+    // Fill the queue; once the writer is stuck, refusals stay refusals.
+    let mut accepted = 0u64;
     let mut refused = 0u64;
-    for i in 0..sent {
-        if !handle.record(Record::Close(connection_row(i as u32, t + i as i64))) {
+    let mut refused_in_a_row = 0;
+    while refused_in_a_row < 5 {
+        if handle.record(row()) {
+            accepted += 1;
+            refused_in_a_row = 0;
+        } else {
             refused += 1;
+            refused_in_a_row += 1;
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        assert!(
+            accepted <= 8 + 2,
+            "the writer holds one record, the queue eight"
+        );
     }
-    // Every call returned while the writer was stuck: the overflow was refused, not waited on.
+    // Full: every further record is refused at once and counted, none waits.
+    for _ in 0..1_000 {
+        assert!(!handle.record(row()));
+        refused += 1;
+    }
     let stats = handle.stats();
     assert_eq!(stats.dropped, refused);
-    assert!(refused >= sent - 8 - 1, "refused {refused}");
     blocker.execute_batch("COMMIT").unwrap();
     handle.flush().unwrap();
     let stats = handle.stats();
-    assert_eq!(stats.written + stats.dropped, sent, "{stats:?}");
+    assert_eq!(
+        (stats.written, stats.dropped),
+        (accepted, refused),
+        "{stats:?}"
+    );
+    assert_eq!(stats.written + stats.dropped, sent);
     assert_eq!(stats.failed, 0, "{stats:?}");
     history.close().unwrap();
     let conn = store::open_read_only(&config.path).unwrap();

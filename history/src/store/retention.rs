@@ -45,13 +45,13 @@ pub fn enforce(
         let tx = conn.transaction()?;
         for &(table, column) in TIME_SERIES {
             // A process row ages from its end (a living process's row stays until its start
-            // is past the bound too).
-            let time = if table == "processes" {
-                "coalesce(end_ns, start_ns)"
+            // is past the bound too); the start condition lets the index find candidates.
+            let condition = if table == "processes" {
+                "start_ns < ?1 AND coalesce(end_ns, start_ns) < ?1".to_string()
             } else {
-                column
+                format!("{column} < ?1")
             };
-            let rows = tx.execute(&format!("DELETE FROM {table} WHERE {time} < ?1"), [cutoff])?;
+            let rows = tx.execute(&format!("DELETE FROM {table} WHERE {condition}"), [cutoff])?;
             if rows > 0 {
                 report.deletions.push((table, "age", rows as u64));
             }
