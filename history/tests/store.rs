@@ -373,3 +373,48 @@ fn a_file_from_a_newer_osprey_is_refused_with_its_version() {
     assert_eq!(version, store::schema::VERSION);
     assert!(conn.prepare("SELECT k FROM intel_verdicts").is_ok());
 }
+
+#[test]
+fn samples_and_findings_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let mut history = History::open(&config, HOST, &engines()).unwrap();
+    let t = now();
+    let p = process(77, &["curl", "https://example.org"], t);
+    history.sample(&p.exec_id, at(t), 12.5, 42 << 20);
+    let finding = protocol::Finding {
+        id: protocol::FindingId::new(HOST, &p.exec_id, protocol::Detector::Policy, "r1"),
+        time: at(t),
+        host: HOST.into(),
+        detector: protocol::Detector::Policy,
+        rule_id: "r1".into(),
+        title: "Curl to the internet".into(),
+        description: None,
+        author: None,
+        severity: protocol::Severity::Low,
+        tags: vec![],
+        process: p.clone(),
+        ancestry: vec![],
+        triggers: vec![],
+        recommended_actions: vec![],
+    };
+    history.finding(&finding);
+    history.finding(&finding); // a repeat replaces its row
+    history.close().unwrap();
+    let conn = store::open_read_only(&config.path).unwrap();
+    let (cpu, rss): (f64, i64) = conn
+        .query_row("SELECT cpu_percent, rss_bytes FROM samples", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((cpu, rss), (12.5, 42 << 20));
+    assert_eq!(count(&conn, "findings"), 1);
+    let (id, json): (String, String) = conn
+        .query_row("SELECT id, finding FROM findings", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(id, finding.id.0);
+    let stored: protocol::Finding = serde_json::from_str(&json).unwrap();
+    assert_eq!(stored, finding);
+}
