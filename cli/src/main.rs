@@ -1,5 +1,7 @@
 //! `osprey`: the operator's command line for Osprey.
 
+mod baseline;
+mod history;
 mod render;
 mod respond;
 mod rules;
@@ -38,6 +40,12 @@ enum Command {
     /// Quarantined files on this host: `list`, `restore ID`.
     #[command(subcommand)]
     Quarantine(respond::QuarantineCommand),
+    /// This host's behaviour history: `export`, `query`, `status`.
+    #[command(subcommand)]
+    History(history::HistoryCommand),
+    /// This host's learned baselines: `status`, `show EXE`, `accept FINDING_ID`, `forget EXE`.
+    #[command(subcommand)]
+    Baseline(baseline::BaselineCommand),
 }
 
 #[tokio::main]
@@ -62,5 +70,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Quarantine(command) => respond::quarantine(command).map(|()| ExitCode::SUCCESS),
+        Command::History(command) => history::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Baseline(command) => baseline::run(command).map(|()| ExitCode::SUCCESS),
     }
 }

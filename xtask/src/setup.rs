@@ -13,10 +13,12 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The cargo-fuzz release `cargo xtask fuzz` runs the fuzz targets with.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Packages the pipeline and the tests use: the console's browser test drives Debian's
-/// Chromium through chromedriver, and its metrics are checked by the reference OpenMetrics
-/// parser (Python's prometheus_client).
+/// Chromium through chromedriver, its metrics are checked by the reference OpenMetrics
+/// parser (Python's prometheus_client), and the history tests parse the CSV export with
+/// Python's `csv` module.
 const PACKAGES: &[(&str, &str)] = &[
     ("nats-server", "/usr/sbin/nats-server"),
+    ("python3", "/usr/bin/python3"),
     ("chromium", "/usr/bin/chromium"),
     ("chromium-driver", "/usr/bin/chromedriver"),
     // The console's TLS test makes a certificate and speaks HTTPS with them.
