@@ -3,7 +3,8 @@
 use std::{borrow::Cow, fmt::Write as _, net::SocketAddr};
 
 use protocol::{
-    ConnectEvent, Event, EventDetail, ExitEvent, Finding, Outcome, Process, Severity, Timestamp,
+    CloseEvent, ConnectEvent, Event, EventDetail, ExitEvent, Finding, Outcome, Process, Severity,
+    Timestamp,
 };
 
 /// Command lines longer than this (in characters) are cut, so a line stays one screen line.
@@ -48,6 +49,7 @@ pub fn event_line(event: &Event) -> String {
     let detail = match &event.detail {
         EventDetail::Exec(_) => command_line(&event.process),
         EventDetail::Connect(connect) => connect_text(connect),
+        EventDetail::Close(close) => close_text(close, event.time),
         EventDetail::Exit(exit) => exit_text(exit),
         EventDetail::Fork(_) => format!("forked from pid {}", event.process.ppid),
         EventDetail::MemorySample(sample) => memory_text(sample.rss_bytes),
@@ -68,6 +70,7 @@ pub fn event_line(event: &Event) -> String {
 fn finding_trigger(finding: &Finding) -> String {
     match finding.triggers.first().map(|trigger| &trigger.detail) {
         Some(EventDetail::Connect(connect)) => connect_text(connect),
+        Some(EventDetail::Close(close)) => close_text(close, finding.time),
         Some(EventDetail::Exit(exit)) => exit_text(exit),
         Some(EventDetail::MemorySample(sample)) => memory_text(sample.rss_bytes),
         Some(EventDetail::IntelVerdict(v)) => intel_text(v),
@@ -100,6 +103,21 @@ fn process_label(process: &Process) -> String {
         clean(&process.name),
         process.pid,
         process.exec_id
+    )
+}
+
+/// `-x 93.184.216.34:443/tcp after 2.0 s, sent 1234 B, received 5678 B`
+fn close_text(close: &CloseEvent, closed: Timestamp) -> String {
+    let destination = SocketAddr::new(close.destination_ip, close.destination_port);
+    let secs = closed
+        .unix_nanos()
+        .saturating_sub(close.established.unix_nanos()) as f64
+        / 1e9;
+    format!(
+        "-x {destination}/{} after {secs:.1} s, sent {} B, received {} B",
+        close.protocol.as_str(),
+        close.bytes_sent,
+        close.bytes_received
     )
 }
 

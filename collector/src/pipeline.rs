@@ -65,6 +65,8 @@ pub struct Pipeline<S: EventSource> {
     last_heartbeat: Instant,
     started: Instant,
     reported_drops: BTreeMap<String, u64>,
+    /// Connection closes whose process the table no longer knew.
+    unattributed_closes: u64,
 }
 
 impl<S: EventSource> Pipeline<S> {
@@ -114,6 +116,7 @@ impl<S: EventSource> Pipeline<S> {
             last_heartbeat: Instant::now(),
             started: Instant::now(),
             reported_drops: BTreeMap::new(),
+            unattributed_closes: 0,
         })
     }
 
@@ -158,6 +161,7 @@ impl<S: EventSource> Pipeline<S> {
             SensorEvent::Exec(e) => e.process.pid,
             SensorEvent::Exit(e) => e.process.pid,
             SensorEvent::Connect(e) => e.pid,
+            SensorEvent::Close(e) => e.process.pid,
             SensorEvent::Fork(e) => {
                 if self.table.get(e.ppid).is_none() {
                     // Its parent predates us: read it, so later ancestry resolves.
@@ -227,6 +231,15 @@ impl<S: EventSource> Pipeline<S> {
                         late_outcome: rec.late_outcome,
                     }),
                 )
+            }
+            SensorEvent::Close(rec) => {
+                // The connecting process, even if it exited since (the usual order: its exit
+                // closes the socket). One the table no longer knows cannot be attributed.
+                let Some(process) = self.table.by_key(rec.process).cloned() else {
+                    self.unattributed_closes += 1;
+                    return;
+                };
+                (process, EventDetail::Close(rec.detail))
             }
         };
         // Fork and exit events name the parent (`parent_exec_id`) but carry no ancestry:
@@ -438,6 +451,7 @@ impl<S: EventSource> Pipeline<S> {
         evicted.insert("hash_requests".into(), self.hashes.dropped());
         evicted.insert("hash_cache".into(), self.hashes.evicted());
         evicted.insert("container_ids".into(), self.containers.evicted());
+        evicted.insert("unattributed_closes".into(), self.unattributed_closes);
         let publisher = self.publisher.stats();
         let table = self.table.stats();
         let total: u64 = self.events_by_kind.values().sum();

@@ -1,25 +1,7 @@
 //! What the history's detectors conclude: the collector turns each [`HistoryDetection`] into
 //! a finding (detector `baseline` or `anomaly`) for the process with `exec_id`.
 
-use protocol::{ExecId, FindingId, Severity};
-
-/// Which detector concluded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HistoryDetector {
-    /// Novel behaviour against a learned baseline.
-    Baseline,
-    /// A connection the anomaly model scored above its threshold.
-    Anomaly,
-}
-
-impl HistoryDetector {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HistoryDetector::Baseline => "baseline",
-            HistoryDetector::Anomaly => "anomaly",
-        }
-    }
-}
+use protocol::{Detector, ExecId, FindingId, Severity};
 
 /// A known program connected to a destination it never used while learning.
 pub const NEW_DESTINATION: &str = "baseline.new-destination";
@@ -35,7 +17,8 @@ pub const EVIDENCE_MAX: usize = 32;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct HistoryDetection {
-    pub detector: HistoryDetector,
+    /// [`Detector::Baseline`] or [`Detector::Anomaly`].
+    pub detector: Detector,
     /// One of [`NEW_DESTINATION`], [`NEW_CHILD`], [`CHANGED_HASH`], [`UNUSUAL_CONNECTION`].
     pub rule_id: &'static str,
     pub title: String,

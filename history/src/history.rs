@@ -20,7 +20,7 @@ use protocol::{
 use crate::{
     baseline::{Baseline, BaselineStatus, Seen, KIND_CHILD, KIND_DESTINATION, KIND_HASH},
     config::HistoryConfig,
-    detection::{self, HistoryDetection, HistoryDetector},
+    detection::{self, HistoryDetection},
     flows::{
         tcp::{ConnKey, OpenConnections, Pending},
         udp::{Flow, FlowKey, UdpFlows},
@@ -803,7 +803,7 @@ impl History {
                     .collect::<Vec<_>>()
                     .join(" ");
                 out.push(HistoryDetection {
-                    detector: HistoryDetector::Anomaly,
+                    detector: Detector::Anomaly,
                     rule_id: detection::UNUSUAL_CONNECTION,
                     title: format!("Unusual connection by {exe}: {connection}"),
                     description: format!(
@@ -875,7 +875,7 @@ impl History {
             HistoryDetection::learned_text(&learned, learned_total)
         );
         HistoryDetection {
-            detector: HistoryDetector::Baseline,
+            detector: Detector::Baseline,
             rule_id,
             title,
             description,

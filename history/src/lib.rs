@@ -17,7 +17,7 @@ pub mod score;
 pub mod store;
 
 pub use config::HistoryConfig;
-pub use detection::{HistoryDetection, HistoryDetector};
+pub use detection::HistoryDetection;
 pub use error::HistoryError;
 pub use history::{ConnectionClose, History, HistoryStats, Tick};
 pub use store::{

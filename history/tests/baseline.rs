@@ -9,7 +9,7 @@ use common::*;
 use history::{
     detection::{CHANGED_HASH, NEW_CHILD, NEW_DESTINATION},
     store::{self, overrides},
-    History, HistoryConfig, HistoryDetection, HistoryDetector, Tick,
+    History, HistoryConfig, HistoryDetection, Tick,
 };
 use protocol::{Decision, Detector, FindingId, Process, Severity};
 
@@ -72,7 +72,7 @@ fn learn_then_novel_then_accept_then_silent_across_restarts() {
     let d = &found[0];
     assert_eq!(
         (d.detector, d.rule_id),
-        (HistoryDetector::Baseline, NEW_DESTINATION)
+        (Detector::Baseline, NEW_DESTINATION)
     );
     assert_eq!(d.severity, Severity::Medium);
     assert_eq!(d.exec_id, p2.exec_id);

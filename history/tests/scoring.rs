@@ -11,9 +11,9 @@ use common::*;
 use history::{
     detection::UNUSUAL_CONNECTION,
     score::{ConnectFeatures, Features, ModelKind},
-    store, ConnectionClose, History, HistoryDetector,
+    store, ConnectionClose, History,
 };
-use protocol::TransportProtocol;
+use protocol::{Detector, TransportProtocol};
 
 #[cfg(feature = "onnx")]
 fn fixture() -> PathBuf {
@@ -131,7 +131,7 @@ fn the_forest_trained_on_this_host_scores_the_unusual_above_the_typical() {
     assert!(history
         .connection(&odd, at(t - HOUR), &tcp("203.0.113.9", 4444))
         .iter()
-        .all(|d| d.detector == HistoryDetector::Baseline));
+        .all(|d| d.detector == Detector::Baseline));
     let found = history.connection_closed(&ConnectionClose {
         exec_id: odd.exec_id,
         protocol: TransportProtocol::Tcp,
@@ -146,7 +146,7 @@ fn the_forest_trained_on_this_host_scores_the_unusual_above_the_typical() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(
         (found[0].detector, found[0].rule_id),
-        (HistoryDetector::Anomaly, UNUSUAL_CONNECTION)
+        (Detector::Anomaly, UNUSUAL_CONNECTION)
     );
     assert!(
         found[0].description.contains("f_bytes_sent=17.7"),

@@ -1,4 +1,4 @@
-//! What the sensor saw: exec, fork, exit and connect events.
+//! What the sensor saw: exec, fork, exit, connect and close events.
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -32,6 +32,8 @@ pub enum EventDetail {
     Fork(ForkEvent),
     Exit(ExitEvent),
     Connect(ConnectEvent),
+    /// An outbound connection ended: how long it lasted and what it carried.
+    Close(CloseEvent),
     /// A periodic look at a living process (not published as an event: it appears as the
     /// trigger of the findings it raises, e.g. a resident-memory rule).
     MemorySample(MemorySampleEvent),
@@ -47,6 +49,7 @@ impl EventDetail {
             EventDetail::Fork(_) => EventKind::Fork,
             EventDetail::Exit(_) => EventKind::Exit,
             EventDetail::Connect(_) => EventKind::Connect,
+            EventDetail::Close(_) => EventKind::Close,
             EventDetail::MemorySample(_) => EventKind::MemorySample,
             EventDetail::IntelVerdict(_) => EventKind::IntelVerdict,
         }
@@ -61,6 +64,7 @@ pub enum EventKind {
     Fork,
     Exit,
     Connect,
+    Close,
     MemorySample,
     IntelVerdict,
 }
@@ -68,11 +72,12 @@ pub enum EventKind {
 impl EventKind {
     /// The kinds published on `osprey.events.<host>.<kind>` (memory samples are not: they
     /// only appear as finding triggers).
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::Exec,
         EventKind::Fork,
         EventKind::Exit,
         EventKind::Connect,
+        EventKind::Close,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +86,7 @@ impl EventKind {
             EventKind::Fork => "fork",
             EventKind::Exit => "exit",
             EventKind::Connect => "connect",
+            EventKind::Close => "close",
             EventKind::MemorySample => "memory_sample",
             EventKind::IntelVerdict => "intel_verdict",
         }
@@ -233,6 +239,22 @@ pub struct ConnectEvent {
     /// Outcome arrived after the event was first published with [`Outcome::Pending`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late_outcome: bool,
+}
+
+/// An outbound TCP connection closed (FIN, RST or abort). The event's process is the one that
+/// connected, even when the close ran elsewhere (a child that inherited the socket, softirq).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseEvent {
+    pub protocol: TransportProtocol,
+    pub destination_ip: IpAddr,
+    pub destination_port: u16,
+    pub source_port: u16,
+    /// When the connection was established.
+    pub established: Timestamp,
+    /// Payload bytes sent and acknowledged by the peer (`tcp_sock.bytes_acked`).
+    pub bytes_sent: u64,
+    /// Payload bytes received (`tcp_sock.bytes_received`).
+    pub bytes_received: u64,
 }
 
 #[cfg(test)]

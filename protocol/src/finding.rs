@@ -40,7 +40,10 @@ pub enum Detector {
     Heuristic,
     Policy,
     Sigma,
+    /// Novel behaviour against a learned baseline.
     Baseline,
+    /// A connection the anomaly model scored above its threshold.
+    Anomaly,
     Intel,
     /// Raised by the responder itself (e.g. a host fell silent).
     Responder,
@@ -53,6 +56,7 @@ impl Detector {
             Detector::Policy => "policy",
             Detector::Sigma => "sigma",
             Detector::Baseline => "baseline",
+            Detector::Anomaly => "anomaly",
             Detector::Intel => "intel",
             Detector::Responder => "responder",
         }

@@ -29,8 +29,8 @@ pub use codec::{decode, encode, CodecError};
 pub use command::{Action, Command, CommandResult, CommandStatus};
 pub use control::{ControlReply, ResponderControl};
 pub use event::{
-    ConnectEvent, ConnectHook, Event, EventDetail, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    IntelVerdictEvent, MemorySampleEvent, Outcome, SocketFamily, TransportProtocol,
+    CloseEvent, ConnectEvent, ConnectHook, Event, EventDetail, EventKind, ExecEvent, ExitEvent,
+    ForkEvent, IntelVerdictEvent, MemorySampleEvent, Outcome, SocketFamily, TransportProtocol,
 };
 pub use finding::{ActionKind, Detector, Finding, FindingId, Trigger};
 pub use heartbeat::Heartbeat;

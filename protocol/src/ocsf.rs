@@ -8,8 +8,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::{
-    Ancestor, ConnectEvent, Event, EventDetail, Finding, Outcome, Process, Severity, SocketFamily,
-    Timestamp, TransportProtocol,
+    Ancestor, Event, EventDetail, Finding, Outcome, Process, Severity, Timestamp, TransportProtocol,
 };
 
 pub const SCHEMA_VERSION: &str = "1.3.0";
@@ -210,15 +209,12 @@ fn endpoint(ip: std::net::IpAddr, port: Option<u16>) -> Value {
     e
 }
 
-fn connection_info(c: &ConnectEvent) -> Value {
-    let (name, num) = match c.protocol {
+fn connection_info(protocol: TransportProtocol, destination: std::net::IpAddr) -> Value {
+    let (name, num) = match protocol {
         TransportProtocol::Tcp => ("tcp", 6),
         TransportProtocol::Udp => ("udp", 17),
     };
-    let version = match c.family {
-        SocketFamily::Ipv4 => 4,
-        SocketFamily::Ipv6 => 6,
-    };
+    let version = if destination.is_ipv4() { 4 } else { 6 };
     json!({
         "protocol_name": name,
         "protocol_num": num,
@@ -246,7 +242,7 @@ pub fn finding(f: &Finding) -> Value {
     for trigger in &f.triggers {
         if let EventDetail::Connect(c) = &trigger.detail {
             evidence["dst_endpoint"] = endpoint(c.destination_ip, Some(c.destination_port));
-            evidence["connection_info"] = connection_info(c);
+            evidence["connection_info"] = connection_info(c.protocol, c.destination_ip);
             break;
         }
     }
@@ -326,7 +322,10 @@ pub fn event(e: &Event) -> Value {
             if let Some(ip) = c.source_ip {
                 m.insert("src_endpoint".into(), endpoint(ip, c.source_port));
             }
-            m.insert("connection_info".into(), connection_info(c));
+            m.insert(
+                "connection_info".into(),
+                connection_info(c.protocol, c.destination_ip),
+            );
             m.insert("actor".into(), json!({ "process": proc }));
             let mut unmapped = json!({ "outcome": c.outcome, "hook": c.hook });
             if let Some(errno) = c.errno {
@@ -334,6 +333,43 @@ pub fn event(e: &Event) -> Value {
             }
             m.insert("unmapped".into(), unmapped);
             (m, status)
+        }
+        EventDetail::Close(c) => {
+            let mut m = base(
+                NETWORK_ACTIVITY,
+                "Network Activity",
+                4,
+                "Network Activity",
+                2,
+                "Close",
+                Severity::Info,
+                e.time,
+                &e.host,
+            );
+            m.insert(
+                "dst_endpoint".into(),
+                endpoint(c.destination_ip, Some(c.destination_port)),
+            );
+            m.insert("src_endpoint".into(), json!({ "port": c.source_port }));
+            m.insert(
+                "connection_info".into(),
+                connection_info(c.protocol, c.destination_ip),
+            );
+            m.insert(
+                "traffic".into(),
+                json!({
+                    "bytes_out": c.bytes_sent,
+                    "bytes_in": c.bytes_received,
+                    "bytes": c.bytes_sent.saturating_add(c.bytes_received),
+                }),
+            );
+            m.insert(
+                "start_time".into(),
+                json!(c.established.unix_nanos() / 1_000_000),
+            );
+            m.insert("end_time".into(), json!(e.time.unix_nanos() / 1_000_000));
+            m.insert("actor".into(), json!({ "process": proc }));
+            (m, 1)
         }
         detail => {
             let (activity_id, activity) = match detail {
@@ -382,7 +418,7 @@ pub fn event(e: &Event) -> Value {
                         json!({ "kind": "intel_verdict", "verdict": v }),
                     );
                 }
-                EventDetail::Connect(_) => {}
+                EventDetail::Connect(_) | EventDetail::Close(_) => {}
             }
             (m, 1)
         }

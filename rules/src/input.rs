@@ -131,7 +131,9 @@ impl<'a> MatchInput<'a> {
                     engines: v.engines,
                 }),
             ),
-            EventDetail::Fork(_) | EventDetail::Exit(_) => (Subject::Other, None, None),
+            EventDetail::Fork(_) | EventDetail::Exit(_) | EventDetail::Close(_) => {
+                (Subject::Other, None, None)
+            }
         };
         MatchInput {
             process: &event.process,

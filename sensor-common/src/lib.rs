@@ -30,6 +30,8 @@ pub enum RecordKind {
     SyscallResult = 5,
     /// A tracked TCP socket left SYN_SENT (established, or closed with an error).
     TcpOutcome = 6,
+    /// An established outbound TCP connection closed: its lifetime and bytes.
+    TcpClose = 7,
 }
 
 impl RecordKind {
@@ -41,6 +43,7 @@ impl RecordKind {
             4 => Self::ConnectAttempt,
             5 => Self::SyscallResult,
             6 => Self::TcpOutcome,
+            7 => Self::TcpClose,
             _ => return None,
         })
     }
@@ -261,15 +264,55 @@ pub struct TcpOutcomeRecord {
     pub source_addr: [u8; 16],
 }
 
+/// An outbound TCP connection closed (any path to TCP_CLOSE: FIN, RST, abort).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpCloseRecord {
+    pub header: RecordHeader,
+    pub sock: u64,
+    /// When it was established (`bpf_ktime_get_boot_ns`).
+    pub established_ns: u64,
+    /// `tcp_sock.bytes_acked`: payload bytes sent and acknowledged by the peer.
+    pub bytes_acked: u64,
+    /// `tcp_sock.bytes_received`: payload bytes received.
+    pub bytes_received: u64,
+    /// The process that connected (the close may run in another's context), and its start
+    /// (`task_struct.start_boottime` of its leader): together they name it after it exited.
+    pub owner_start_boottime: u64,
+    pub owner_pid: u32,
+    pub family: u16,
+    /// Host byte order.
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub _pad: [u16; 3],
+    /// IPv4 in the first 4 bytes.
+    pub destination_addr: [u8; 16],
+}
+
+/// Value of `TCP_OPEN`: an established outbound connection, until it closes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OpenConn {
+    pub established_ns: u64,
+    pub owner_start_boottime: u64,
+    pub owner_pid: u32,
+    pub _pad: u32,
+}
+
+/// Established outbound connections followed until they close.
+pub const TCP_OPEN_MAX_ENTRIES: u32 = 65536;
+
 /// Value of `TCP_TRACKED`: what the outcome programs need to know about a connecting socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TrackedSock {
     pub reset: u32,
-    pub _pad: u32,
+    /// The process that connects, and its start (its leader's `start_boottime`).
+    pub pid: u32,
     /// When the connect started (`bpf_ktime_get_boot_ns`): entries whose socket never left
     /// SYN_SENT through a traced transition are swept by age.
     pub since_ns: u64,
+    pub start_boottime: u64,
 }
 
 /// Value of `CONNECT_INFLIGHT` (keyed by thread id): a connect/sendto/sendmsg whose attempt
@@ -333,8 +376,10 @@ pub struct KernelOffsets {
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
     pub vfsmount_mnt_root: u32,
-    // sock
+    // sock / tcp_sock
     pub sock_sk_err: u32,
+    pub tcp_bytes_acked: u32,
+    pub tcp_bytes_received: u32,
     // tracepoint record offsets (from tracefs format files)
     pub tp_exec_filename: u32,
     pub tp_exit_group_dead: u32,
@@ -344,6 +389,9 @@ pub struct KernelOffsets {
     pub tp_sk_state_oldstate: u32,
     pub tp_sk_state_protocol: u32,
     pub tp_sk_state_sport: u32,
+    pub tp_sk_state_dport: u32,
+    pub tp_sk_state_daddr: u32,
+    pub tp_sk_state_daddr_v6: u32,
     pub tp_sk_state_saddr: u32,
     pub tp_sk_state_saddr_v6: u32,
     pub tp_sk_state_family: u32,
@@ -380,5 +428,6 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for TrackedSock {}
     unsafe impl aya::Pod for InflightConnect {}
+    unsafe impl aya::Pod for OpenConn {}
     unsafe impl aya::Pod for FileKey {}
 }

@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use sensor_common::{
     BlockAnyPortData, BlockPortData, CgroupDrops, DropKind, ExecRecord, FileKey, InflightConnect,
-    TrackedSock, BLOCK_MAX_ENTRIES, CGROUP_DROPS_MAX_ENTRIES, CONNECT_INFLIGHT_MAX_ENTRIES,
-    DROP_KINDS, KILL_ON_EXEC_MAX_ENTRIES, TCP_TRACKED_MAX_ENTRIES,
+    OpenConn, TrackedSock, BLOCK_MAX_ENTRIES, CGROUP_DROPS_MAX_ENTRIES,
+    CONNECT_INFLIGHT_MAX_ENTRIES, DROP_KINDS, KILL_ON_EXEC_MAX_ENTRIES, TCP_OPEN_MAX_ENTRIES,
+    TCP_TRACKED_MAX_ENTRIES,
 };
 
 /// Every record for userspace. The collector sets the size at load time.
@@ -40,6 +41,12 @@ pub static CONNECT_INFLIGHT: HashMap<u32, InflightConnect> =
 #[map]
 pub static TCP_TRACKED: HashMap<u64, TrackedSock> =
     HashMap::with_max_entries(TCP_TRACKED_MAX_ENTRIES, 0);
+
+/// Established outbound TCP connections (by kernel address of the socket), until they close:
+/// their close is reported with lifetime and bytes. Entries leave only at TCP_CLOSE, which
+/// every socket reaches; a full map refuses and counts.
+#[map]
+pub static TCP_OPEN: HashMap<u64, OpenConn> = HashMap::with_max_entries(TCP_OPEN_MAX_ENTRIES, 0);
 
 /// Unconnected-UDP destinations already reported per socket, so a chatty sender reports
 /// each destination once. A cache: an eviction only means a destination is reported again.

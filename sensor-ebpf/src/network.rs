@@ -12,8 +12,10 @@ use aya_ebpf::{
 use sensor_common::*;
 
 use crate::{
-    kernel::{is_collector, offset, read},
-    maps::{self, BLOCK_ANY_PORT, BLOCK_PORT, CONNECT_INFLIGHT, EVENTS, TCP_TRACKED, UDP_SEEN},
+    kernel::{current_task, is_collector, offset, read, read_ptr},
+    maps::{
+        self, BLOCK_ANY_PORT, BLOCK_PORT, CONNECT_INFLIGHT, EVENTS, TCP_OPEN, TCP_TRACKED, UDP_SEEN,
+    },
 };
 
 const AF_INET: u16 = 2;
@@ -167,8 +169,12 @@ fn observe(ctx: &SockAddrContext, family: u16, hook: u8) -> i32 {
         let tracked_sock = if !blocked && hook == HOOK_CONNECT && sock_type == SOCK_STREAM {
             let tracked = TrackedSock {
                 reset: 0,
-                _pad: 0,
+                pid,
                 since_ns: now,
+                start_boottime: read(
+                    read_ptr(current_task(), offset!(task_group_leader)),
+                    offset!(task_start_boottime),
+                ),
             };
             if TCP_TRACKED.insert(&sock, &tracked, 0).is_err() {
                 maps::count_drop(DropKind::ConnectTracking);
@@ -245,8 +251,8 @@ fn syscall_result(ctx: &TracePointContext, syscall: u32) -> u32 {
     0
 }
 
-/// A tracked socket leaving SYN_SENT. This can run in softirq context, where the current
-/// task is unrelated: the record is keyed by the socket, not by pid.
+/// A tracked socket leaving SYN_SENT, or an established one closing. This can run in softirq
+/// context, where the current task is unrelated: records are keyed by the socket, not by pid.
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     unsafe {
@@ -256,15 +262,31 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         }
         let old: u32 = ctx.read_at(offset!(tp_sk_state_oldstate)).unwrap_or(0);
         let new: u32 = ctx.read_at(offset!(tp_sk_state_newstate)).unwrap_or(0);
+        let sock: u64 = ctx.read_at(offset!(tp_sk_state_skaddr)).unwrap_or(0);
+        if new == TCP_CLOSE && old != TCP_SYN_SENT {
+            closed(&ctx, sock);
+            return 0;
+        }
         if old != TCP_SYN_SENT || (new != TCP_ESTABLISHED && new != TCP_CLOSE) {
             return 0;
         }
-        let sock: u64 = ctx.read_at(offset!(tp_sk_state_skaddr)).unwrap_or(0);
         let Some(tracked) = TCP_TRACKED.get_ptr(&sock) else {
             return 0;
         };
         let reset = (*tracked).reset;
+        let owner = *tracked;
         let _ = TCP_TRACKED.remove(&sock);
+        if new == TCP_ESTABLISHED {
+            let open = OpenConn {
+                established_ns: gen::bpf_ktime_get_boot_ns(),
+                owner_start_boottime: owner.start_boottime,
+                owner_pid: owner.pid,
+                _pad: 0,
+            };
+            if TCP_OPEN.insert(&sock, &open, 0).is_err() {
+                maps::count_drop(DropKind::ConnectTracking);
+            }
+        }
         let family: u16 = ctx.read_at(offset!(tp_sk_state_family)).unwrap_or(0);
         let mut source_addr = [0u8; 16];
         if family == AF_INET {
@@ -299,6 +321,48 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         maps::emit(&rec, DropKind::ConnectResult);
     }
     0
+}
+
+/// An established connection we followed reached TCP_CLOSE: its lifetime and bytes.
+#[inline(always)]
+unsafe fn closed(ctx: &TracePointContext, sock: u64) {
+    let Some(open) = TCP_OPEN.get_ptr(&sock) else {
+        return;
+    };
+    let open = *open;
+    let _ = TCP_OPEN.remove(&sock);
+    let family: u16 = ctx.read_at(offset!(tp_sk_state_family)).unwrap_or(0);
+    let mut destination_addr = [0u8; 16];
+    if family == AF_INET {
+        let a: [u8; 4] = ctx.read_at(offset!(tp_sk_state_daddr)).unwrap_or([0; 4]);
+        destination_addr[..4].copy_from_slice(&a);
+    } else {
+        destination_addr = ctx
+            .read_at(offset!(tp_sk_state_daddr_v6))
+            .unwrap_or([0; 16]);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let rec = TcpCloseRecord {
+        header: RecordHeader {
+            kind: RecordKind::TcpClose as u32,
+            tid: pid_tgid as u32,
+            pid: (pid_tgid >> 32) as u32,
+            _pad: 0,
+            boot_ns: gen::bpf_ktime_get_boot_ns(),
+        },
+        sock,
+        established_ns: open.established_ns,
+        bytes_acked: read::<u64>(sock as *const u8, offset!(tcp_bytes_acked)),
+        bytes_received: read::<u64>(sock as *const u8, offset!(tcp_bytes_received)),
+        owner_start_boottime: open.owner_start_boottime,
+        owner_pid: open.owner_pid,
+        family,
+        source_port: ctx.read_at(offset!(tp_sk_state_sport)).unwrap_or(0),
+        destination_port: ctx.read_at(offset!(tp_sk_state_dport)).unwrap_or(0),
+        _pad: [0; 3],
+        destination_addr,
+    };
+    maps::emit(&rec, DropKind::ConnectResult);
 }
 
 /// A RST for a tracked connecting socket: its close is then a refusal.

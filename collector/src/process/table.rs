@@ -95,6 +95,14 @@ impl ProcessTable {
         self.entries.to_back(&pid).map(|e| &e.process)
     }
 
+    /// The process `key` names, live or exited within the grace period (its current image).
+    pub fn by_key(&self, key: ProcessKey) -> Option<&Process> {
+        self.entries
+            .get(&key.pid)
+            .filter(|e| e.key == key)
+            .map(|e| &e.process)
+    }
+
     /// The live process `exec_id` names, if it is still that image.
     pub fn by_exec_id(&self, exec_id: &ExecId) -> Option<&Process> {
         self.entries

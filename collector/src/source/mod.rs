@@ -7,8 +7,8 @@
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use protocol::{
-    ArgvSource, ArgvTruncation, ConnectHook, ExitEvent, Outcome, SocketFamily, Timestamp,
-    TransportProtocol,
+    ArgvSource, ArgvTruncation, CloseEvent, ConnectHook, ExitEvent, Outcome, SocketFamily,
+    Timestamp, TransportProtocol,
 };
 
 #[cfg(target_os = "linux")]
@@ -37,6 +37,7 @@ pub enum SensorEvent {
     Fork(ForkRecord),
     Exit(ExitRecord),
     Connect(ConnectRecord),
+    Close(CloseRecord),
 }
 
 impl SensorEvent {
@@ -46,6 +47,7 @@ impl SensorEvent {
             SensorEvent::Fork(e) => e.time,
             SensorEvent::Exit(e) => e.time,
             SensorEvent::Connect(e) => e.time,
+            SensorEvent::Close(e) => e.time,
         }
     }
 }
@@ -115,6 +117,15 @@ pub struct ConnectRecord {
     pub hook: ConnectHook,
     /// This is the outcome of an attempt already reported as pending.
     pub late_outcome: bool,
+}
+
+/// An outbound TCP connection closed: the process that made it (which may have exited since)
+/// and what it carried.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloseRecord {
+    pub time: Timestamp,
+    pub process: ProcessKey,
+    pub detail: CloseEvent,
 }
 
 /// Counters a source keeps about itself.

@@ -18,6 +18,7 @@ pub enum Record<'a> {
     ConnectAttempt(ConnectAttemptRecord),
     SyscallResult(SyscallResultRecord),
     TcpOutcome(TcpOutcomeRecord),
+    TcpClose(TcpCloseRecord),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -89,6 +90,7 @@ pub fn decode<'a>(bytes: &[u8], exec_buf: &'a mut ExecRecord) -> Result<Record<'
         RecordKind::ConnectAttempt => Record::ConnectAttempt(fixed(bytes, kind)?),
         RecordKind::SyscallResult => Record::SyscallResult(fixed(bytes, kind)?),
         RecordKind::TcpOutcome => Record::TcpOutcome(fixed(bytes, kind)?),
+        RecordKind::TcpClose => Record::TcpClose(fixed(bytes, kind)?),
     })
 }
 

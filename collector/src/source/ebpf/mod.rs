@@ -26,15 +26,15 @@ use aya::{
     programs::{CgroupSockAddr, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use protocol::{ArgvSource, ExitEvent, Timestamp};
+use protocol::{ArgvSource, CloseEvent, ExitEvent, Timestamp, TransportProtocol};
 use sensor_common::{CgroupDrops, DropKind, InflightConnect, TrackedSock, EXEC_HAS_TTY};
 use tokio::io::unix::AsyncFd;
 
 use self::{connect::ConnectJoiner, decode::Record};
 pub use self::{enforce::EbpfEnforcement, persist::hold_forever, preflight::cgroup2_root};
 use super::{
-    EventSource, ExecRecord, ExitRecord, FileId, ForkRecord, ProcessKey, ProcessReader,
-    SensorEvent, SourceError, SourceOptions, SourceStats,
+    CloseRecord, EventSource, ExecRecord, ExitRecord, FileId, ForkRecord, ProcessKey,
+    ProcessReader, SensorEvent, SourceError, SourceOptions, SourceStats,
 };
 
 static OBJECT: &[u8] =
@@ -269,6 +269,22 @@ impl Translator {
             }
             Record::SyscallResult(r) => self.joiner.syscall_result(&r, &mut self.connects),
             Record::TcpOutcome(r) => self.joiner.tcp_outcome(&r, &mut self.connects),
+            Record::TcpClose(r) => out.push(SensorEvent::Close(CloseRecord {
+                time: self.clock.wall(r.header.boot_ns),
+                process: ProcessKey {
+                    pid: r.owner_pid,
+                    start_ticks: self.start_ticks(r.owner_start_boottime),
+                },
+                detail: CloseEvent {
+                    protocol: TransportProtocol::Tcp,
+                    destination_ip: decode::ip(r.family, &r.destination_addr),
+                    destination_port: r.destination_port,
+                    source_port: r.source_port,
+                    established: self.clock.wall(r.established_ns),
+                    bytes_sent: r.bytes_acked,
+                    bytes_received: r.bytes_received,
+                },
+            })),
         }
         out.extend(self.connects.drain(..).map(SensorEvent::Connect));
     }
