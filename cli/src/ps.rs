@@ -29,6 +29,9 @@ pub struct PsArgs {
     /// Only processes whose executable, arguments or user contain this (any case).
     #[arg(long)]
     pub text: Option<String>,
+    /// Only this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
     #[arg(long, value_enum, default_value_t = Sort::Risk)]
     pub sort: Sort,
     /// The host's answer (`Snapshot`) as JSON.
@@ -67,6 +70,7 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
             min_risk: args.risk,
             user: args.user.clone(),
             text: args.text.clone(),
+            pid: args.pid,
             sort: args.sort.into(),
             offset: args.offset,
             limit: args.limit.max(1),

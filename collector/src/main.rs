@@ -75,6 +75,10 @@ struct Args {
     /// host state queries).
     #[arg(long, alias = "memory-sample-interval-secs")]
     resource_sample_interval_secs: Option<u64>,
+    /// A file holding a public key (base64) whose signed commands the actuator obeys, on
+    /// top of the configuration file's `actuator.trusted_key_files` (repeatable).
+    #[arg(long, value_name = "PATH")]
+    trusted_key_file: Vec<PathBuf>,
     /// Internal: hold the enforcement links of the collector using PIN_DIR across its
     /// restarts (started by the collector itself).
     #[arg(long = "hold-enforcement", hide = true, value_name = "PIN_DIR")]
@@ -125,6 +129,10 @@ fn apply(args: &Args, config: &mut CollectorConfig) {
     if !args.sigma.is_empty() {
         config.sigma.clone_from(&args.sigma);
     }
+    config
+        .actuator
+        .trusted_key_files
+        .extend(args.trusted_key_file.iter().cloned());
     if let Some(s) = args.resource_sample_interval_secs {
         config.resource_sample_interval_secs = s;
     }

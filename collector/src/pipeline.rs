@@ -373,10 +373,15 @@ impl<S: EventSource> Pipeline<S> {
             heuristics,
             settings: engine.heuristics(),
         };
+        let mut answer = snapshot::answer(&sources, &request.query);
+        // Processes read from /proc at start-up have no user name yet.
+        for state in &mut answer.processes {
+            if state.process.user.is_none() {
+                state.process.user = self.users.name(state.process.uid);
+            }
+        }
         // The asker may have given up (timeout): nothing to do then.
-        let _ = request
-            .reply
-            .send(snapshot::answer(&sources, &request.query));
+        let _ = request.reply.send(answer);
     }
 
     fn reconcile(&mut self) {

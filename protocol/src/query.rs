@@ -41,6 +41,9 @@ pub struct ProcessFilter {
     /// Only processes whose executable, argv or user contains this text (case-insensitive).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Only the process with this pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     pub sort: SortKey,
     pub offset: u32,
     /// 0: the default page size (50).

@@ -9,8 +9,12 @@ use crate::util::{output, run};
 
 /// The bpf-linker release verified with this nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Packages the pipeline and the tests use.
-const PACKAGES: &[(&str, &str)] = &[("nats-server", "/usr/sbin/nats-server")];
+/// Packages the pipeline and the tests use (tmux: the console's end-to-end test drives
+/// `osprey top` in a real terminal).
+const PACKAGES: &[(&str, &str)] = &[
+    ("nats-server", "/usr/sbin/nats-server"),
+    ("tmux", "/usr/bin/tmux"),
+];
 
 pub fn all() -> anyhow::Result<()> {
     packages(PACKAGES)?;

@@ -181,12 +181,14 @@ async fn serve_requests(
             Request::Refresh {
                 host,
                 min_risk,
+                pid,
                 text,
             } => {
                 tokio::spawn(async move {
                     let query = Query {
                         kind: QueryKind::Processes(ProcessFilter {
                             min_risk,
+                            pid,
                             text,
                             limit: protocol::query::MAX_PAGE,
                             ..Default::default()

@@ -65,6 +65,7 @@ pub enum Request {
     Refresh {
         host: String,
         min_risk: Option<Severity>,
+        pid: Option<u32>,
         text: Option<String>,
     },
     Detail {
@@ -169,11 +170,13 @@ pub struct Status {
     pub at: Instant,
 }
 
-/// Filters typed with `/`: `host:NAME`, `sev:LEVEL` (that level or above) and free text.
+/// Filters typed with `/`: `host:NAME`, `sev:LEVEL` (that level or above), `pid:N` and
+/// free text.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {
     pub host: Option<String>,
     pub min_severity: Option<Severity>,
+    pub pid: Option<u32>,
     pub text: Option<String>,
 }
 
@@ -184,6 +187,8 @@ impl Filter {
         for word in input.split_whitespace() {
             if let Some(h) = word.strip_prefix("host:") {
                 f.host = Some(h.to_string());
+            } else if let Some(pid) = word.strip_prefix("pid:").and_then(|p| p.parse().ok()) {
+                f.pid = Some(pid);
             } else if let Some(s) = word
                 .strip_prefix("sev:")
                 .or_else(|| word.strip_prefix("risk:"))
@@ -206,6 +211,7 @@ impl Filter {
 
     fn matches_finding(&self, f: &Finding) -> bool {
         self.host.as_deref().is_none_or(|h| f.host.contains(h))
+            && self.pid.is_none_or(|pid| f.process.pid == pid)
             && self.min_severity.is_none_or(|s| f.severity >= s)
             && self.text.as_deref().is_none_or(|t| {
                 [&f.title, &f.rule_id, &f.host, &f.process.exe]
@@ -315,13 +321,12 @@ impl App {
     /// The process list query for the selected host.
     pub fn refresh_request(&self) -> Option<Request> {
         let filter = self.filter(Pane::Processes);
+        // A process asked for by pid is listed whatever its risk.
+        let at_risk = !self.all_processes && filter.pid.is_none();
         Some(Request::Refresh {
             host: self.host.clone()?,
-            min_risk: filter.min_severity.or(if self.all_processes {
-                None
-            } else {
-                Some(Severity::Low)
-            }),
+            min_risk: filter.min_severity.or(at_risk.then_some(Severity::Low)),
+            pid: filter.pid,
             text: filter.text,
         })
     }
@@ -578,9 +583,7 @@ impl App {
                 self.input = Some(Input {
                     purpose: InputPurpose::Filter(pane),
                     prompt: match pane {
-                        Pane::Processes => {
-                            "filter processes (text, user:NAME… risk:LEVEL): ".into()
-                        }
+                        Pane::Processes => "filter processes (text, pid:N, risk:LEVEL): ".into(),
                         _ => "filter findings (text, host:NAME, sev:LEVEL): ".into(),
                     },
                     text: current,
@@ -791,6 +794,9 @@ fn describe(f: &Filter) -> String {
     }
     if let Some(s) = f.min_severity {
         parts.push(format!("sev:{s}"));
+    }
+    if let Some(pid) = f.pid {
+        parts.push(format!("pid:{pid}"));
     }
     if let Some(t) = &f.text {
         parts.push(t.clone());
@@ -1006,11 +1012,12 @@ mod tests {
 
     #[test]
     fn filters_parse_host_severity_and_text() {
-        let f = Filter::parse("host:web sev:high Curl");
+        let f = Filter::parse("host:web sev:high Curl pid:7");
         assert_eq!(f.host.as_deref(), Some("web"));
+        assert_eq!(f.pid, Some(7));
         assert_eq!(f.min_severity, Some(Severity::High));
         assert_eq!(f.text.as_deref(), Some("curl"));
-        assert_eq!(describe(&f), "host:web sev:high curl");
+        assert_eq!(describe(&f), "host:web sev:high pid:7 curl");
         assert!(Filter::parse("  ").is_empty());
     }
 

@@ -263,10 +263,7 @@ fn processes(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     }
     let filter = app.filter(Pane::Processes);
     if !filter.is_empty() {
-        title.push_str(&format!(
-            "[filter {}] ",
-            filter.text.as_deref().unwrap_or("risk")
-        ));
+        title.push_str("[filtered] ");
     }
     let table = Table::new(
         rows,
@@ -553,7 +550,7 @@ const HELP: &[(&str, &str)] = &[
     ("a / d", "approve / deny the selected pending action"),
     (
         "/",
-        "filter: text, host:NAME, sev:LEVEL (findings); text, risk:LEVEL (processes)",
+        "filter: text, host:NAME, sev:LEVEL (findings); text, pid:N, risk:LEVEL (processes)",
     ),
     ("A", "all processes / only those at risk"),
     ("?", "this help (any key closes it)"),

@@ -37,6 +37,7 @@ fn processes(s: &Sources, filter: &ProcessFilter, now: Timestamp) -> Snapshot {
     let mut matching: Vec<(&protocol::Process, Risk)> = s
         .table
         .live()
+        .filter(|p| filter.pid.is_none_or(|pid| p.pid == pid))
         .filter(|p| filter.user.as_deref().is_none_or(|u| user_is(p, u)))
         .filter(|p| text.as_deref().is_none_or(|t| contains_text(p, t)))
         .map(|p| (p, risk(s, p)))
