@@ -59,15 +59,26 @@ impl NatsArgs {
     /// is an error (a one-shot command).
     pub async fn connect(&self, name: &str, wait: bool) -> anyhow::Result<async_nats::Client> {
         let url = self.url();
-        let servers: Vec<&str> = url
+        let servers: Vec<async_nats::ServerAddr> = url
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .collect();
+            .map(|s| {
+                s.parse()
+                    .with_context(|| format!("invalid NATS server address {s:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
         anyhow::ensure!(!servers.is_empty(), "no NATS server address given");
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
             .max_reconnects(None);
+        // `nats://user:password@host`: the client library does not log in with a URL's
+        // user by itself.
+        if let Some(first) = servers.iter().find(|s| s.has_user_pass()) {
+            if let (Some(user), Some(password)) = (first.username(), first.password()) {
+                options = options.user_and_password(user.to_string(), password.to_string());
+            }
+        }
         if wait {
             options = options.retry_on_initial_connect();
         }

@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod collector;
 pub mod nats;
 pub mod responder;
+pub mod terminal;
 pub mod workload;
 
 use std::{path::PathBuf, time::Duration};
