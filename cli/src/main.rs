@@ -98,3 +98,33 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Keys(command) => respond::keys(command).map(|()| ExitCode::SUCCESS),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let parsed = Cli::try_parse_from(["osprey", "quarantine", "restore", "abc", "--dir", "/q"]);
+        assert!(matches!(
+            parsed.unwrap().command,
+            Command::Quarantine(respond::QuarantineArgs {
+                command: Some(_),
+                ..
+            })
+        ));
+        let parsed =
+            Cli::try_parse_from(["osprey", "quarantine", "c64a9ee2-1-24-0", "--host", "h"]);
+        assert!(matches!(
+            parsed.unwrap().command,
+            Command::Quarantine(respond::QuarantineArgs {
+                exec_id: Some(_),
+                command: None,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["osprey", "block", "10.0.0.0/8:x", "--host", "h"]).is_err());
+    }
+}

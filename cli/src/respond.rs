@@ -31,8 +31,8 @@ pub struct QuarantineArgs {
     /// A file on `--host` to quarantine instead (no symbolic link is followed).
     #[arg(long, conflicts_with = "exec_id")]
     pub path: Option<String>,
-    /// The host (as its collector names itself).
-    #[arg(long, required_unless_present = "command")]
+    /// The host (as its collector names itself); required with EXECID or --path.
+    #[arg(long)]
     pub host: Option<String>,
     #[arg(long)]
     pub json: bool,

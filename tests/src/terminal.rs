@@ -84,6 +84,27 @@ impl Tmux {
         })
     }
 
+    /// The pid of the program named `name` the session's shell runs.
+    pub fn program_pid(&self, name: &str) -> Option<u32> {
+        let out = self
+            .command()
+            .args(["display-message", "-p", "-t", &self.session, "#{pane_pid}"])
+            .output()
+            .ok()?;
+        let shell: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let comm = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+            let ppid: u32 = stat[stat.rfind(')')? + 2..]
+                .split(' ')
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == shell && comm == name).then_some(pid)
+        })
+    }
+
     pub fn resize(&self, width: u16, height: u16) {
         let status = self
             .command()
