@@ -3,8 +3,8 @@
 #
 #   1. cargo check for x86_64-pc-windows-msvc: sensor-etw and protocol (crates with C parts,
 #      e.g. ring under async-nats, cannot be checked for msvc without its toolchain);
-#   2. cargo build for x86_64-pc-windows-gnu: the collector and sensor-etw, linked by
-#      Debian's mingw-w64;
+#   2. cargo build for x86_64-pc-windows-gnu: the collector, sensor-etw and the `osprey` CLI,
+#      linked by Debian's mingw-w64;
 #   3. the Windows build's unit tests of sensor-etw and protocol, and of the collector's ETW
 #      adapter (source::etw), run under Debian's wine.
 #
@@ -87,8 +87,8 @@ cmp -s "$shim" "$system32/bcryptprimitives.dll" || cp "$shim" "$system32/bcryptp
 say "cargo check --target x86_64-pc-windows-msvc (sensor-etw, protocol)"
 cargo check --target x86_64-pc-windows-msvc -p osprey-sensor-etw -p osprey-protocol
 
-say "cargo build --target x86_64-pc-windows-gnu (collector, sensor-etw)"
-cargo build --target x86_64-pc-windows-gnu -p osprey-collector -p osprey-sensor-etw
+say "cargo build --target x86_64-pc-windows-gnu (collector, sensor-etw, the osprey CLI)"
+cargo build --target x86_64-pc-windows-gnu -p osprey-collector -p osprey-sensor-etw -p osprey-cli
 
 say "unit tests of the Windows build under wine (sensor-etw, protocol, the collector's ETW adapter)"
 export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=/usr/lib/wine/wine64

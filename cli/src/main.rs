@@ -1,11 +1,16 @@
 //! `osprey`: the operator's command line for Osprey.
 
+mod audit;
 mod baseline;
+mod bus;
+mod commands;
 mod history;
+mod ps;
 mod render;
 mod respond;
 mod rules;
 mod tail;
+mod top;
 
 use std::process::ExitCode;
 
@@ -27,19 +32,38 @@ struct Cli {
 enum Command {
     /// Follow findings (and optionally events) as collectors publish them.
     Tail(tail::TailArgs),
+    /// A live terminal console: hosts, processes at risk, findings, approvals, kill switch.
+    Top(top::TopArgs),
+    /// One snapshot of a host's live processes, as a table or JSON.
+    Ps(ps::PsArgs),
+    /// Kill a process on a host (signed, checked and audited by the host).
+    Kill(commands::KillArgs),
+    /// Suspend a process on a host (stopped and frozen in a cgroup).
+    Suspend(commands::SuspendArgs),
+    /// Resume a suspended process on a host.
+    Resume(commands::ResumeArgs),
+    /// Quarantine a process's executable on a host; `list`, `restore ID` on this host.
+    Quarantine(respond::QuarantineArgs),
+    /// Put a quarantined file back on a host (its original path, mode and owner).
+    Release(commands::ReleaseArgs),
+    /// Refuse connects to a destination on a host, in the kernel.
+    Block(commands::BlockArgs),
+    /// Lift a block on a host.
+    Unblock(commands::UnblockArgs),
+    /// The audit trail: every decision of the responder and every command a host handled.
+    Audit(audit::AuditArgs),
+    /// Actions awaiting an operator's approval; `approve ID`, `deny ID`.
+    Approvals(audit::ApprovalsArgs),
+    /// Approve an action awaiting approval (signed with an operator key).
+    Approve(audit::ApprovalArgs),
+    /// Deny an action awaiting approval.
+    Deny(audit::ApprovalArgs),
     /// Policy and Sigma rules: `osprey rules check PATH...`.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
     /// Signing keys: `osprey keys generate`.
     #[command(subcommand)]
     Keys(respond::KeysCommand),
-    /// Approve an action awaiting approval (signed with an operator key).
-    Approve(respond::ApprovalArgs),
-    /// Deny an action awaiting approval.
-    Deny(respond::ApprovalArgs),
-    /// Quarantined files on this host: `list`, `restore ID`.
-    #[command(subcommand)]
-    Quarantine(respond::QuarantineCommand),
     /// This host's behaviour history: `export`, `query`, `status`.
     #[command(subcommand)]
     History(history::HistoryCommand),
@@ -51,26 +75,65 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    // Diagnostics go to stderr so stdout stays clean for lines and JSON.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            EnvFilter::try_from_env("OSPREY_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("warn,osprey=info")),
-        )
-        .init();
+    // Diagnostics go to stderr so stdout stays clean for lines and JSON (`osprey top` keeps
+    // them off the screen it draws: see top::run).
+    if !matches!(cli.command, Command::Top(_)) {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(
+                EnvFilter::try_from_env("OSPREY_LOG")
+                    .unwrap_or_else(|_| EnvFilter::new("warn,osprey=info")),
+            )
+            .init();
+    }
     match cli.command {
         Command::Tail(args) => tail::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Top(args) => top::run(args).await,
+        Command::Ps(args) => ps::run(args).await,
+        Command::Kill(args) => commands::kill(args).await,
+        Command::Suspend(args) => commands::suspend(args).await,
+        Command::Resume(args) => commands::resume(args).await,
+        Command::Quarantine(args) => respond::quarantine(args).await,
+        Command::Release(args) => commands::release(args).await,
+        Command::Block(args) => commands::block(args).await,
+        Command::Unblock(args) => commands::unblock(args).await,
+        Command::Audit(args) => audit::run(args).await,
+        Command::Approvals(args) => audit::approvals(args).await,
+        Command::Approve(args) => audit::approval(args, protocol::Verdict::Approve).await,
+        Command::Deny(args) => audit::approval(args, protocol::Verdict::Deny).await,
         Command::Rules(command) => Ok(rules::run(command)),
         Command::Keys(command) => respond::keys(command).map(|()| ExitCode::SUCCESS),
-        Command::Approve(args) => respond::approval(args, protocol::Verdict::Approve)
-            .await
-            .map(|()| ExitCode::SUCCESS),
-        Command::Deny(args) => respond::approval(args, protocol::Verdict::Deny)
-            .await
-            .map(|()| ExitCode::SUCCESS),
-        Command::Quarantine(command) => respond::quarantine(command).map(|()| ExitCode::SUCCESS),
         Command::History(command) => history::run(command).map(|()| ExitCode::SUCCESS),
         Command::Baseline(command) => baseline::run(command).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let parsed = Cli::try_parse_from(["osprey", "quarantine", "restore", "abc", "--dir", "/q"]);
+        assert!(matches!(
+            parsed.unwrap().command,
+            Command::Quarantine(respond::QuarantineArgs {
+                command: Some(_),
+                ..
+            })
+        ));
+        let parsed =
+            Cli::try_parse_from(["osprey", "quarantine", "c64a9ee2-1-24-0", "--host", "h"]);
+        assert!(matches!(
+            parsed.unwrap().command,
+            Command::Quarantine(respond::QuarantineArgs {
+                exec_id: Some(_),
+                command: None,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["osprey", "block", "10.0.0.0/8:x", "--host", "h"]).is_err());
     }
 }

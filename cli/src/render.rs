@@ -9,10 +9,42 @@ use protocol::{
 
 /// Command lines longer than this (in characters) are cut, so a line stays one screen line.
 const COMMAND_LINE_CHARS: usize = 120;
-const RESET: &str = "\x1b[0m";
+pub const RESET: &str = "\x1b[0m";
+
+/// Colour on a stream: only a terminal, and only when `NO_COLOR` is unset or empty
+/// (no-color.org).
+pub fn colour_wanted(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
+}
+
+/// `712.4M`, `3.1G`, `880K`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || v >= 100.0 {
+        format!("{v:.0}{}", UNITS[unit])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+/// `45s`, `12m`, `3h`, `5d`.
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
 
 /// SGR sequence for a severity.
-fn colour(severity: Severity) -> &'static str {
+pub fn colour(severity: Severity) -> &'static str {
     match severity {
         Severity::Critical => "\x1b[1;35m",
         Severity::High => "\x1b[31m",
@@ -134,7 +166,7 @@ fn connect_text(connect: &ConnectEvent) -> String {
     text
 }
 
-fn outcome_str(outcome: Outcome) -> &'static str {
+pub fn outcome_str(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Ok => "ok",
         Outcome::Refused => "refused",
@@ -165,7 +197,7 @@ fn command_line(process: &Process) -> String {
     text
 }
 
-fn truncate(text: &str, max_chars: usize) -> String {
+pub fn truncate(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_string(),
@@ -174,7 +206,7 @@ fn truncate(text: &str, max_chars: usize) -> String {
 
 /// Escapes control characters: argv and names come from watched processes, which must not be
 /// able to drive the operator's terminal.
-fn clean(text: &str) -> Cow<'_, str> {
+pub fn clean(text: &str) -> Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
     }
@@ -192,7 +224,7 @@ fn clean(text: &str) -> Cow<'_, str> {
 }
 
 /// UTC, millisecond precision: `2024-05-01 12:34:56.789Z`.
-fn short_time(time: Timestamp) -> String {
+pub fn short_time(time: Timestamp) -> String {
     chrono::DateTime::from_timestamp_nanos(time.unix_nanos())
         .format("%Y-%m-%d %H:%M:%S%.3fZ")
         .to_string()

@@ -1,13 +1,12 @@
-//! Response tools: `osprey keys generate`, `osprey approve|deny ID`,
-//! `osprey quarantine list|restore`.
+//! Response tools: `osprey keys generate`, `osprey quarantine EXECID --host H` (on a host,
+//! through its actuator) and `osprey quarantine list|restore` (on the host itself).
 
-use std::{
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::{Path, PathBuf},
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
-use protocol::{signing, QuarantineRecord, Verdict};
+use protocol::{signing, ExecId};
+
+use crate::commands;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum KeysCommand {
@@ -22,27 +21,36 @@ pub enum KeysCommand {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ApprovalArgs {
-    /// The pending action's id (from its `awaiting_approval` audit record).
-    pub id: String,
-    /// The operator's secret key.
-    #[arg(long, env = "OSPREY_OPERATOR_KEY")]
-    pub key: PathBuf,
-    #[arg(long, env = "OSPREY_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats: String,
-    /// NATS credentials file (.creds).
-    #[arg(long, env = "OSPREY_NATS_CREDS")]
-    pub creds: Option<PathBuf>,
+#[command(args_conflicts_with_subcommands = true)]
+pub struct QuarantineArgs {
+    #[command(subcommand)]
+    pub command: Option<QuarantineCommand>,
+    /// The process whose executable to quarantine on `--host` (found in the process's own
+    /// mount namespace, by the identity the kernel reported at exec).
+    pub exec_id: Option<ExecId>,
+    /// A file on `--host` to quarantine instead (no symbolic link is followed).
+    #[arg(long, conflicts_with = "exec_id")]
+    pub path: Option<String>,
+    /// The host (as its collector names itself); required with EXECID or --path.
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub nats: crate::bus::NatsArgs,
+    #[command(flatten)]
+    pub key: crate::bus::KeyArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum QuarantineCommand {
-    /// Quarantined files with their original path, hash and time.
+    /// Quarantined files on this host with their original path, hash and time.
     List {
         #[arg(long, default_value = "/var/lib/osprey/quarantine")]
         dir: PathBuf,
     },
-    /// Moves a quarantined file back to its original path with its original mode.
+    /// Moves a quarantined file on this host back to its original path with its original
+    /// mode and owner (as `osprey release ID --host H` does through the host's actuator).
     Restore {
         id: String,
         #[arg(long, default_value = "/var/lib/osprey/quarantine")]
@@ -56,10 +64,11 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
             let pair = signing::KeyPair::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
             let secret = out.with_extension("key");
             let public = out.with_extension("pub");
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
                 .open(&secret)
                 .and_then(|mut f| {
                     std::io::Write::write_all(
@@ -81,41 +90,27 @@ pub fn keys(command: KeysCommand) -> anyhow::Result<()> {
     }
 }
 
-pub async fn approval(args: ApprovalArgs, verdict: Verdict) -> anyhow::Result<()> {
-    let key = client::load_key(&args.key)?;
-    let nats = client::connect(&client::NatsTarget {
-        url: &args.nats,
-        credentials: args.creds.as_deref(),
-        name: "osprey",
-    })
-    .await?;
-    let operator = client::Operator {
-        key: &key,
-        name: None,
-    };
-    client::send_approval(&nats, &operator, &args.id, verdict).await?;
-    println!("{:?} sent for {}", verdict, args.id);
-    Ok(())
-}
-
-fn records(dir: &Path) -> anyhow::Result<Vec<QuarantineRecord>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let rec: QuarantineRecord = serde_json::from_slice(&std::fs::read(&path)?)
-                .with_context(|| format!("{} is not a quarantine sidecar", path.display()))?;
-            out.push(rec);
+pub async fn quarantine(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(local) => local_quarantine(local).map(|()| ExitCode::SUCCESS),
+        None => {
+            let common = commands::Common {
+                host: args.host.context("--host is required")?,
+                json: args.json,
+                nats: args.nats,
+                key: args.key,
+            };
+            commands::quarantine(args.exec_id, args.path, &common).await
         }
     }
-    out.sort_by_key(|r| r.time);
-    Ok(out)
 }
 
-pub fn quarantine(command: QuarantineCommand) -> anyhow::Result<()> {
+#[cfg(target_os = "linux")]
+fn local_quarantine(command: QuarantineCommand) -> anyhow::Result<()> {
+    use collector::actuator::{release, ActionError};
     match command {
         QuarantineCommand::List { dir } => {
-            for r in records(&dir)? {
+            for r in release::records(&dir).map_err(anyhow::Error::msg)? {
                 println!(
                     "{}  {}  {}  sha256:{}",
                     r.id, r.time, r.original_path, r.sha256
@@ -123,47 +118,17 @@ pub fn quarantine(command: QuarantineCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        QuarantineCommand::Restore { id, dir } => {
-            let rec = records(&dir)?
-                .into_iter()
-                .find(|r| r.id == id)
-                .ok_or_else(|| anyhow::anyhow!("no quarantined file {id} in {}", dir.display()))?;
-            if rec.foreign_namespace {
-                anyhow::bail!(
-                    "{} was quarantined from another mount namespace (a container): put {} back \
-                     into that container by hand",
-                    rec.original_path,
-                    dir.join(&rec.id).display()
-                );
+        QuarantineCommand::Restore { id, dir } => match release::release(&dir, &id) {
+            Ok(rec) => {
+                println!("restored {} (sha256 {})", rec.original_path, rec.sha256);
+                Ok(())
             }
-            let original = PathBuf::from(&rec.original_path);
-            if original.exists() {
-                anyhow::bail!("{} exists again; not overwriting it", original.display());
-            }
-            let from = dir.join(&rec.id);
-            match std::fs::rename(&from, &original) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(18) => {
-                    // EXDEV: copy, sync, remove.
-                    std::fs::set_permissions(&from, std::fs::Permissions::from_mode(0o400))?;
-                    let mut src = std::fs::File::open(&from)?;
-                    let mut dst = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&original)?;
-                    std::io::copy(&mut src, &mut dst)?;
-                    dst.sync_all()?;
-                    std::fs::remove_file(&from)?;
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot move {} back", from.display()))
-                }
-            }
-            std::fs::set_permissions(&original, std::fs::Permissions::from_mode(rec.mode))?;
-            std::os::unix::fs::chown(&original, Some(rec.uid), Some(rec.gid))?;
-            std::fs::remove_file(dir.join(format!("{}.json", rec.id)))?;
-            println!("restored {} (sha256 {})", original.display(), rec.sha256);
-            Ok(())
-        }
+            Err(ActionError::Refused(why) | ActionError::Failed(why)) => anyhow::bail!(why),
+        },
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn local_quarantine(_: QuarantineCommand) -> anyhow::Result<()> {
+    anyhow::bail!("quarantine on this machine is Linux only: use `osprey release ID --host H`")
 }

@@ -2,18 +2,13 @@
 
 use std::{
     io::{self, IsTerminal, Write},
-    path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     time::Duration,
 };
 
 use anyhow::Context as _;
 use async_nats::{
     jetstream::{self, consumer},
-    Client, ConnectOptions,
+    Client,
 };
 use futures::{stream::BoxStream, StreamExt};
 use protocol::{subject, Event, Finding};
@@ -22,16 +17,8 @@ use crate::render;
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
-    /// NATS server URL.
-    #[arg(
-        long = "nats",
-        env = "OSPREY_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
-    /// NATS credentials file (.creds).
-    #[arg(long, env = "OSPREY_NATS_CREDS")]
-    pub creds: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats: crate::bus::NatsArgs,
     /// Only this host (as named by the collector).
     #[arg(long)]
     pub host: Option<String>,
@@ -69,7 +56,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
 
-    let client = connect(&args).await?;
+    let client = args.nats.connect("osprey-tail", true).await?;
     let token = args.host.as_deref().map(subject::host_token);
     let findings_subject = match &token {
         Some(token) => format!("osprey.findings.{token}.>"),
@@ -123,61 +110,6 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Connects without requiring the server to be up: the client retries in the background and
-/// subscriptions take effect once it is connected.
-async fn connect(args: &TailArgs) -> anyhow::Result<Client> {
-    // `a,b,c`: the servers of a cluster.
-    let servers: Vec<&str> = args
-        .nats_url
-        .split(',')
-        .map(str::trim)
-        .filter(|server| !server.is_empty())
-        .collect();
-    anyhow::ensure!(
-        !servers.is_empty(),
-        "no NATS server address given (--nats is empty)"
-    );
-    let mut options = ConnectOptions::new();
-    if let Some(creds) = &args.creds {
-        options = options
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
-    }
-    let url = args.nats_url.clone();
-    tracing::info!(%url, "connecting to NATS");
-    // Each failed attempt reports an error; the operator needs to hear it once per outage.
-    let unreachable_reported = Arc::new(AtomicBool::new(false));
-    options
-        .name("osprey-tail")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .event_callback(move |event| {
-            let url = url.clone();
-            let unreachable_reported = unreachable_reported.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        unreachable_reported.store(false, Ordering::Relaxed);
-                        tracing::info!(%url, "connected to NATS");
-                    }
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!(%url, "disconnected from NATS; reconnecting")
-                    }
-                    async_nats::Event::ClientError(error) => {
-                        if !unreachable_reported.swap(true, Ordering::Relaxed) {
-                            tracing::warn!(%url, %error, "cannot reach NATS; retrying");
-                        }
-                    }
-                    other => tracing::debug!(%url, event = %other, "NATS"),
-                }
-            }
-        })
-        .connect(servers)
-        .await
-        .with_context(|| format!("invalid NATS server address {:?}", args.nats_url))
 }
 
 /// Stored findings first, then new ones, through an ordered consumer on `OSPREY_FINDINGS`.

@@ -5,13 +5,25 @@
 //! One place for "build, sign, send, await the answer", so the CLI and the console behave
 //! the same way and fail with the same messages.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
-use async_nats::{jetstream, Client, ConnectOptions};
+use async_nats::{jetstream, Client, ConnectOptions, ServerAddr};
 use protocol::{
     signing::KeyPair, subject, Action, Approval, CodecError, Command, CommandResult, ControlReply,
-    FindingId, ResponderControl, Timestamp, Verdict,
+    FindingId, Query, ResponderControl, Snapshot, Timestamp, Verdict,
 };
+
+/// Longest a host may take to answer a command: a quarantine hashes and may copy a file.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a host may take to answer a state query.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -20,13 +32,15 @@ pub enum ClientError {
         path: String,
         source: std::io::Error,
     },
+    #[error("invalid NATS server address {address:?}: {reason}")]
+    Address { address: String, reason: String },
     #[error("cannot connect to NATS at {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("cannot read the operator key {path}: {reason}")]
     Key { path: String, reason: String },
     #[error(transparent)]
     Codec(#[from] CodecError),
-    #[error("nobody answers on {subject} ({who} is down or not connected to this NATS)")]
+    #[error("nobody answers on {subject}: is {who} running, with that name, and connected to this NATS?")]
     NoResponders { subject: String, who: String },
     #[error("{who} did not answer within {secs}s")]
     Timeout { who: String, secs: u64 },
@@ -48,16 +62,37 @@ pub struct NatsTarget<'a> {
 }
 
 impl NatsTarget<'_> {
-    fn servers(&self) -> Vec<&str> {
-        self.url
+    fn servers(&self) -> Result<Vec<ServerAddr>, ClientError> {
+        let servers = self
+            .url
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .collect()
+            .map(|s| {
+                s.parse::<ServerAddr>().map_err(|e| ClientError::Address {
+                    address: s.to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if servers.is_empty() {
+            return Err(ClientError::Address {
+                address: self.url.to_string(),
+                reason: "no server address given".into(),
+            });
+        }
+        Ok(servers)
     }
 
-    async fn options(&self) -> Result<ConnectOptions, ClientError> {
+    async fn options(&self, servers: &[ServerAddr]) -> Result<ConnectOptions, ClientError> {
         let mut options = ConnectOptions::new().name(self.name);
+        // `nats://user:password@host`: the client library does not log in with a URL's user
+        // by itself.
+        if let Some(first) = servers.iter().find(|s| s.has_user_pass()) {
+            if let (Some(user), Some(password)) = (first.username(), first.password()) {
+                options = options.user_and_password(user.to_string(), password.to_string());
+            }
+        }
         if let Some(path) = self.credentials {
             options = options.credentials_file(path).await.map_err(|source| {
                 ClientError::Credentials {
@@ -72,10 +107,11 @@ impl NatsTarget<'_> {
 
 /// Connects once: fails at once when no server answers (for one-shot commands).
 pub async fn connect(target: &NatsTarget<'_>) -> Result<Client, ClientError> {
+    let servers = target.servers()?;
     target
-        .options()
+        .options(&servers)
         .await?
-        .connect(target.servers())
+        .connect(servers)
         .await
         .map_err(|e| ClientError::Connect {
             url: target.url.to_string(),
@@ -84,27 +120,40 @@ pub async fn connect(target: &NatsTarget<'_>) -> Result<Client, ClientError> {
 }
 
 /// Connects without requiring a server to be up: the client keeps retrying in the background
-/// (for services). Fails only on an unreadable credentials file or an invalid address.
+/// and subscriptions take effect once it is connected (services, consoles, `osprey tail`).
+/// Fails only on an unreadable credentials file or an invalid address. An outage is logged
+/// once, not at every attempt.
 pub async fn connect_retrying(target: &NatsTarget<'_>) -> Result<Client, ClientError> {
+    let servers = target.servers()?;
     let url = target.url.to_string();
+    let unreachable_reported = Arc::new(AtomicBool::new(false));
     target
-        .options()
+        .options(&servers)
         .await?
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {
             let url = url.clone();
+            let unreachable_reported = unreachable_reported.clone();
             async move {
                 match event {
-                    async_nats::Event::Connected => tracing::info!(%url, "connected to NATS"),
+                    async_nats::Event::Connected => {
+                        unreachable_reported.store(false, Ordering::Relaxed);
+                        tracing::info!(%url, "connected to NATS");
+                    }
                     async_nats::Event::Disconnected => {
                         tracing::warn!(%url, "disconnected from NATS; reconnecting")
+                    }
+                    async_nats::Event::ClientError(error) => {
+                        if !unreachable_reported.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(%url, %error, "cannot reach NATS; retrying");
+                        }
                     }
                     other => tracing::debug!(%url, event = %other, "NATS"),
                 }
             }
         })
-        .connect(target.servers())
+        .connect(servers)
         .await
         .map_err(|e| ClientError::Connect {
             url: target.url.to_string(),
@@ -161,6 +210,26 @@ pub async fn request_command(
     let subject = subject::command(&command.host);
     let who = format!("the actuator of host {}", command.host);
     let reply = request(client, subject, protocol::encode(command)?, &who, timeout).await?;
+    Ok(protocol::decode(&reply)?)
+}
+
+/// Asks `host`'s collector about its live state (`osprey.query.<host>`; answered only to
+/// operator credentials).
+pub async fn query(
+    client: &Client,
+    host: &str,
+    query: &Query,
+    timeout: Duration,
+) -> Result<Snapshot, ClientError> {
+    let who = format!("the collector of host {host}");
+    let reply = request(
+        client,
+        subject::query(host),
+        protocol::encode(query)?,
+        &who,
+        timeout,
+    )
+    .await?;
     Ok(protocol::decode(&reply)?)
 }
 

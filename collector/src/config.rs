@@ -47,9 +47,14 @@ pub struct CollectorConfig {
     /// Sigma rule files or directories (searched recursively for `*.yml` / `*.yaml`).
     /// Hot-reloaded like the policy.
     pub sigma: Vec<PathBuf>,
-    /// Seconds between resident-memory samples of live processes, for the policy's memory
-    /// rules (`rss_above_mb`). Sampling is skipped while no loaded rule looks at samples.
-    pub memory_sample_interval_secs: u64,
+    /// Seconds between CPU and resident-memory samples: of every live process while a loaded
+    /// policy rule looks at memory (`rss_above_mb`), else of the processes with network
+    /// activity or findings (host state queries show them). Formerly
+    /// `memory_sample_interval_secs`, still accepted.
+    #[serde(alias = "memory_sample_interval_secs")]
+    pub resource_sample_interval_secs: u64,
+    /// Host state queries on `osprey.query.<host>` (`osprey ps`, `osprey top`).
+    pub query: QuerySection,
     /// The actuator: signed commands on `osprey.cmd.<host>` (docs/responder.md).
     pub actuator: ActuatorSection,
     /// Threat intelligence: VirusTotal lookups and offline feeds (docs/intel.md).
@@ -90,6 +95,26 @@ impl Default for ResponseSection {
             dry_run: false,
             min_severity: protocol::Severity::Info,
             ttl_secs: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerySection {
+    /// Answer `osprey.query.<host>` (needs NATS; who may ask is set in the NATS server's
+    /// permissions).
+    pub enabled: bool,
+    /// Processes whose connections, findings and CPU/RSS samples are kept for queries (the
+    /// least recently active beyond this are forgotten, and counted).
+    pub tracked_processes: usize,
+}
+
+impl Default for QuerySection {
+    fn default() -> Self {
+        QuerySection {
+            enabled: true,
+            tracked_processes: 4096,
         }
     }
 }
@@ -251,7 +276,8 @@ impl Default for CollectorConfig {
             heartbeat_interval_secs: 5,
             policy: None,
             sigma: Vec::new(),
-            memory_sample_interval_secs: 10,
+            resource_sample_interval_secs: 5,
+            query: QuerySection::default(),
             actuator: ActuatorSection::default(),
             intel: intel::IntelConfig::default(),
             response: ResponseSection::default(),
@@ -389,9 +415,9 @@ impl CollectorConfig {
                 "must be at least 1".into(),
             ));
         }
-        if self.memory_sample_interval_secs == 0 {
+        if self.resource_sample_interval_secs == 0 {
             return Err(invalid(
-                "memory_sample_interval_secs",
+                "resource_sample_interval_secs",
                 "must be at least 1".into(),
             ));
         }
@@ -423,6 +449,12 @@ impl CollectorConfig {
         if self.actuator.command_window_secs == 0 {
             return Err(invalid(
                 "actuator.command_window_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.query.tracked_processes == 0 {
+            return Err(invalid(
+                "query.tracked_processes",
                 "must be at least 1".into(),
             ));
         }
@@ -465,8 +497,8 @@ impl CollectorConfig {
             .collect()
     }
 
-    pub fn memory_sample_interval(&self) -> Duration {
-        Duration::from_secs(self.memory_sample_interval_secs)
+    pub fn resource_sample_interval(&self) -> Duration {
+        Duration::from_secs(self.resource_sample_interval_secs)
     }
 
     pub fn connect_outcome_wait(&self) -> Duration {
@@ -519,8 +551,8 @@ mod tests {
         let c = CollectorConfig::load(&path, true).unwrap();
         assert_eq!((c.policy, c.sigma.len()), (None, 0));
         assert_eq!(
-            c.memory_sample_interval_secs,
-            CollectorConfig::default().memory_sample_interval_secs
+            c.resource_sample_interval_secs,
+            CollectorConfig::default().resource_sample_interval_secs
         );
     }
 
@@ -539,11 +571,13 @@ mod tests {
                 PathBuf::from("/opt/x.yml")
             ]
         );
-        assert_eq!(c.memory_sample_interval(), Duration::from_secs(10));
+        assert_eq!(c.resource_sample_interval(), Duration::from_secs(5));
         let e = parse("memory_sample_interval_secs: 0\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("memory_sample_interval_secs"), "{e}");
+        assert!(e.contains("resource_sample_interval_secs"), "{e}");
+        let c = parse("memory_sample_interval_secs: 7\n").unwrap();
+        assert_eq!(c.resource_sample_interval(), Duration::from_secs(7));
         let e = parse("sigma: [/a, \"\"]\n").unwrap_err().to_string();
         assert!(e.contains("sigma[1]"), "{e}");
         let e = parse("sigma: /a\n").unwrap_err().to_string();

@@ -11,5 +11,7 @@ pub mod findings;
 pub mod pipeline;
 pub mod process;
 pub mod publish;
+pub mod query;
+pub mod resources;
 pub mod service;
 pub mod source;

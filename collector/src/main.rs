@@ -16,6 +16,7 @@ use collector::{
     pipeline::{Pipeline, PipelineOptions},
     process::ProcessTable,
     publish::{JsonlOptions, NatsConfig, Publisher, PublisherConfig, SpoolConfig},
+    query::QueryServer,
     source::{EventSource, PlatformSource, SourceOptions},
 };
 use protocol::BootId;
@@ -71,9 +72,14 @@ struct Args {
     /// Sigma rule file or directory; repeat for more (replaces the config file's list).
     #[arg(long, value_name = "PATH")]
     sigma: Vec<PathBuf>,
-    /// Seconds between resident-memory samples of live processes (memory rules).
-    #[arg(long)]
-    memory_sample_interval_secs: Option<u64>,
+    /// Seconds between CPU and resident-memory samples of live processes (memory rules,
+    /// host state queries).
+    #[arg(long, alias = "memory-sample-interval-secs")]
+    resource_sample_interval_secs: Option<u64>,
+    /// A file holding a public key (base64) whose signed commands the actuator obeys, on
+    /// top of the configuration file's `actuator.trusted_key_files` (repeatable).
+    #[arg(long, value_name = "PATH")]
+    trusted_key_file: Vec<PathBuf>,
     /// Internal: hold the enforcement links of the collector using PIN_DIR across its
     /// restarts (started by the collector itself).
     #[arg(long = "hold-enforcement", hide = true, value_name = "PIN_DIR")]
@@ -124,8 +130,12 @@ fn apply(args: &Args, config: &mut CollectorConfig) {
     if !args.sigma.is_empty() {
         config.sigma.clone_from(&args.sigma);
     }
-    if let Some(s) = args.memory_sample_interval_secs {
-        config.memory_sample_interval_secs = s;
+    config
+        .actuator
+        .trusted_key_files
+        .extend(args.trusted_key_file.iter().cloned());
+    if let Some(s) = args.resource_sample_interval_secs {
+        config.resource_sample_interval_secs = s;
     }
 }
 
@@ -364,6 +374,19 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
     .await
     .context("cannot start the publisher")?;
 
+    let query_server = match config.nats.url.as_ref().filter(|_| config.query.enabled) {
+        Some(url) => Some(
+            QueryServer::start(url, config.nats.credentials.as_ref(), &host)
+                .await
+                .context("cannot start the host state query server")?,
+        ),
+        None => None,
+    };
+    let (queries, query_task) = match query_server {
+        Some(server) => (Some(server.requests), Some(server.task)),
+        None => (None, None),
+    };
+
     let pipeline = Pipeline::new(
         PipelineOptions {
             host: host.clone(),
@@ -371,7 +394,9 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
             reconcile_interval: Duration::from_secs(
                 config.process_table.reconcile_interval_secs.max(1),
             ),
-            memory_sample_interval: config.memory_sample_interval(),
+            resource_sample_interval: config.resource_sample_interval(),
+            queries,
+            tracked_processes: config.query.tracked_processes,
             active_blocks,
             local_response: local_tx,
             verdicts,
@@ -387,6 +412,9 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
     )?;
     tracing::info!(host, nats = ?config.nats.url, "osprey-collector running");
     let result = pipeline.run(shutdown).await;
+    if let Some(task) = query_task {
+        task.abort();
+    }
     #[cfg(target_os = "linux")]
     if let Some((stop, task)) = actuator {
         let _ = stop.send(true);

@@ -1,6 +1,7 @@
 //! The collector's event loop: source → process table → enrichment → detectors → findings →
 //! publisher, plus the periodic work (heartbeat, reconciliation with the live process list,
-//! resident-memory samples for the policy's memory rules).
+//! CPU and resident-memory samples for the policy's memory rules and for host state queries),
+//! and the answers to host state queries (`query/`).
 
 use std::{
     collections::BTreeMap,
@@ -15,10 +16,7 @@ use rules::SubjectKind;
 use tokio::sync::mpsc;
 
 use crate::{
-    detect::{
-        memory::{MemorySampler, RssSample},
-        Detectors,
-    },
+    detect::Detectors,
     enrich::{ContainerIds, ExeHashes, HashResult, UserNames},
     findings::Findings,
     process::{
@@ -26,6 +24,8 @@ use crate::{
         ProcessTable,
     },
     publish::Publisher,
+    query::{snapshot, Activity, QueryRequest},
+    resources::{self, ResourceSample, ResourceSampler, SampleScope},
     source::{EventSource, SensorEvent, SourceError},
 };
 
@@ -33,9 +33,13 @@ pub struct PipelineOptions {
     pub host: String,
     pub heartbeat_interval: Duration,
     pub reconcile_interval: Duration,
-    /// Between resident-memory samples of live processes (taken only while a loaded rule
-    /// looks at samples).
-    pub memory_sample_interval: Duration,
+    /// Between CPU and resident-memory samples: of every process while a loaded rule looks
+    /// at samples, else of the processes with network activity or findings.
+    pub resource_sample_interval: Duration,
+    /// Host state queries to answer (from `query::QueryServer`), if it runs.
+    pub queries: Option<mpsc::Receiver<QueryRequest>>,
+    /// Processes whose activity is kept for queries (`query.tracked_processes`).
+    pub tracked_processes: usize,
     /// Active kernel blocks and kill-on-exec entries, kept by the actuator (heartbeats).
     pub active_blocks: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Local response: findings at least this severe that recommend actions go to the
@@ -55,8 +59,10 @@ pub struct Pipeline<S: EventSource> {
     containers: ContainerIds,
     hashes: ExeHashes,
     hash_results: mpsc::UnboundedReceiver<HashResult>,
-    sampler: MemorySampler,
-    samples: mpsc::UnboundedReceiver<Vec<RssSample>>,
+    sampler: ResourceSampler,
+    samples: mpsc::UnboundedReceiver<Vec<ResourceSample>>,
+    activity: Activity,
+    queries: Option<mpsc::Receiver<QueryRequest>>,
     detectors: Detectors,
     findings: Findings,
     publisher: Publisher,
@@ -73,7 +79,7 @@ impl<S: EventSource> Pipeline<S> {
     /// Takes a started source: the process table is filled from the processes that predate
     /// it (after its probes are attached, so nothing falls between the two).
     pub fn new(
-        options: PipelineOptions,
+        mut options: PipelineOptions,
         mut source: S,
         mut table: ProcessTable,
         detectors: Detectors,
@@ -91,10 +97,12 @@ impl<S: EventSource> Pipeline<S> {
             context: "cannot start the hashing thread".into(),
             source,
         })?;
-        let (sampler, samples) = MemorySampler::start().map_err(|source| SourceError::Io {
-            context: "cannot start the memory sampling thread".into(),
+        let (sampler, samples) = ResourceSampler::start().map_err(|source| SourceError::Io {
+            context: "cannot start the resource sampling thread".into(),
             source,
         })?;
+        let activity = Activity::new(options.tracked_processes);
+        let queries = options.queries.take();
         let findings = Findings::new(options.host.clone(), 100_000);
         Ok(Pipeline {
             options,
@@ -108,6 +116,8 @@ impl<S: EventSource> Pipeline<S> {
             hash_results,
             sampler,
             samples,
+            activity,
+            queries,
             detectors,
             findings,
             publisher,
@@ -129,7 +139,7 @@ impl<S: EventSource> Pipeline<S> {
         let mut heartbeat = tokio::time::interval(self.options.heartbeat_interval);
         let mut reconcile = tokio::time::interval(self.options.reconcile_interval);
         reconcile.tick().await; // the table was just built
-        let mut sample = tokio::time::interval(self.options.memory_sample_interval);
+        let mut sample = tokio::time::interval(self.options.resource_sample_interval);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(1024);
         loop {
@@ -148,6 +158,7 @@ impl<S: EventSource> Pipeline<S> {
                 _ = reconcile.tick() => self.reconcile(),
                 _ = sample.tick() => self.request_sample(),
                 Some(samples) = self.samples.recv() => self.evaluate_samples(samples),
+                Some(request) = recv(&mut self.queries) => self.answer(request),
             }
         }
         self.heartbeat();
@@ -261,6 +272,7 @@ impl<S: EventSource> Pipeline<S> {
             .entry(event.kind().as_str())
             .or_default() += 1;
         self.publisher.event(&event);
+        self.activity.observe(&event.process, &event.detail);
         self.detect(&event);
         if let (EventDetail::Exec(_), Some(sha256)) = (&event.detail, &event.process.sha256) {
             self.judge_hash(event.process.exec_id, sha256);
@@ -271,6 +283,7 @@ impl<S: EventSource> Pipeline<S> {
     fn detect(&mut self, event: &Event) {
         for detection in self.detectors.evaluate(event) {
             if let Some(finding) = self.findings.raise(event, detection) {
+                self.activity.finding(&finding);
                 self.publisher.finding(&finding);
                 if let Some((actuator, min_severity)) = &self.options.local_response {
                     if finding.severity >= *min_severity
@@ -326,17 +339,29 @@ impl<S: EventSource> Pipeline<S> {
         }
     }
 
-    /// Asks the sampling thread for the resident memory of every live process, when a
-    /// loaded rule looks at samples.
+    /// Asks the sampling thread for CPU and resident memory: of every live process when a
+    /// loaded rule looks at samples, else of the processes queries show activity for.
     fn request_sample(&mut self) {
-        if self.detectors.engine().rules_for(SubjectKind::Sample) > 0 && !self.sampler.request() {
-            tracing::debug!("memory sample still running: interval tick skipped");
+        let scope = if self.detectors.engine().rules_for(SubjectKind::Sample) > 0 {
+            SampleScope::All
+        } else if !self.activity.is_empty() {
+            SampleScope::Pids(self.activity.watched_pids())
+        } else {
+            return;
+        };
+        if !self.sampler.request(scope) {
+            tracing::debug!("resource sample still running: interval tick skipped");
         }
     }
 
-    /// Evaluates the rules on each sampled process the table knows alive. Samples are not
-    /// published as events; a finding they raise carries one as its trigger.
-    fn evaluate_samples(&mut self, samples: Vec<RssSample>) {
+    /// Keeps the samples for queries and evaluates the memory rules on each sampled process
+    /// the table knows alive. Samples are not published as events; a finding they raise
+    /// carries one as its trigger.
+    fn evaluate_samples(&mut self, samples: Vec<ResourceSample>) {
+        self.activity.store_samples(&samples, &self.table);
+        if self.detectors.engine().rules_for(SubjectKind::Sample) == 0 {
+            return;
+        }
         let time = Timestamp::now();
         for sample in samples {
             let Some(exec_id) = self.table.get(sample.pid).map(|p| p.exec_id) else {
@@ -345,10 +370,7 @@ impl<S: EventSource> Pipeline<S> {
             let Some(process) = self.table.by_exec_id(&exec_id) else {
                 continue;
             };
-            // A pid reused between the sample and now is another process (start times in
-            // whole seconds, from different clocks: allow a little slack).
-            let started = process.start_time.unix_nanos() / 1_000_000_000;
-            if sample.start_time_secs != 0 && (started - sample.start_time_secs as i64).abs() > 2 {
+            if !resources::same_process(&sample, process) {
                 continue;
             }
             let process = process.clone();
@@ -417,6 +439,27 @@ impl<S: EventSource> Pipeline<S> {
         }
     }
 
+    /// Answers a host state query from the table as it is now.
+    fn answer(&mut self, request: QueryRequest) {
+        let (heuristics, engine) = self.detectors.heuristics();
+        let sources = snapshot::Sources {
+            host: &self.options.host,
+            table: &self.table,
+            activity: &self.activity,
+            heuristics,
+            settings: engine.heuristics(),
+        };
+        let mut answer = snapshot::answer(&sources, &request.query);
+        // Processes read from /proc at start-up have no user name yet.
+        for state in &mut answer.processes {
+            if state.process.user.is_none() {
+                state.process.user = self.users.name(state.process.uid);
+            }
+        }
+        // The asker may have given up (timeout): nothing to do then.
+        let _ = request.reply.send(answer);
+    }
+
     fn reconcile(&mut self) {
         match self.source.live_processes() {
             Ok(live) => {
@@ -452,6 +495,11 @@ impl<S: EventSource> Pipeline<S> {
         evicted.insert("hash_cache".into(), self.hashes.evicted());
         evicted.insert("container_ids".into(), self.containers.evicted());
         evicted.insert("unattributed_closes".into(), self.unattributed_closes);
+        self.activity.prune(&self.table);
+        let activity = self.activity.evictions();
+        evicted.insert("query_processes".into(), activity.processes);
+        evicted.insert("query_connections".into(), activity.connections);
+        evicted.insert("query_findings".into(), activity.findings);
         let publisher = self.publisher.stats();
         let table = self.table.stats();
         let total: u64 = self.events_by_kind.values().sum();

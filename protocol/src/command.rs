@@ -105,6 +105,12 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ttl_secs: Option<u64>,
     },
+    /// Puts a quarantined file back at its original path with its original mode and owner
+    /// (`id` as the quarantine record names it); refused when something is at that path
+    /// again or the file came from another mount namespace.
+    Release {
+        id: String,
+    },
 }
 
 impl Action {
@@ -172,7 +178,7 @@ impl Action {
             Action::Kill { .. } => ActionKind::Kill,
             Action::Suspend { .. } => ActionKind::Suspend,
             Action::Resume { .. } => ActionKind::Resume,
-            Action::Quarantine { .. } => ActionKind::Quarantine,
+            Action::Quarantine { .. } | Action::Release { .. } => ActionKind::Quarantine,
             Action::Dump { .. } => ActionKind::Dump,
             Action::Block { .. } | Action::Unblock { .. } => ActionKind::Block,
             Action::KillOnExec { .. } => ActionKind::KillOnExec,
@@ -190,6 +196,7 @@ impl Action {
             Action::Block { .. } => "block",
             Action::Unblock { .. } => "unblock",
             Action::KillOnExec { .. } => "kill_on_exec",
+            Action::Release { .. } => "release",
         }
     }
 
@@ -214,6 +221,7 @@ impl Action {
             }),
             Action::KillOnExec { path: Some(p), .. } => Some(p.clone()),
             Action::Quarantine { target: None, path } => path.clone(),
+            Action::Release { id } => Some(id.clone()),
             _ => self.target().map(|t| t.to_string()),
         }
     }

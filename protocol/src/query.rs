@@ -41,6 +41,9 @@ pub struct ProcessFilter {
     /// Only processes whose executable, argv or user contains this text (case-insensitive).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Only the process with this pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     pub sort: SortKey,
     pub offset: u32,
     /// 0: the default page size (50).
@@ -78,10 +81,15 @@ pub struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcessState {
     pub process: Process,
-    /// Nearest parent first.
+    /// Nearest parent first. Filled in the answer to a [`QueryKind::Process`] query (a list
+    /// leaves it empty: pages stay small).
     #[serde(default)]
     pub ancestry: Vec<Ancestor>,
     pub age_secs: u64,
+    /// The process has exited (the host still remembers it for a short while): only a
+    /// [`QueryKind::Process`] query answers with an exited process.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
     /// CPU use over the last sampling interval, percent of one core (sampled for processes
     /// with network activity or findings; absent for the others).
     #[serde(default, skip_serializing_if = "Option::is_none")]

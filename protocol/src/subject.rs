@@ -5,6 +5,10 @@ use crate::{EventKind, Severity};
 pub const FINDINGS_STREAM: &str = "OSPREY_FINDINGS";
 pub const FINDINGS_WILDCARD: &str = "osprey.findings.>";
 pub const AUDIT: &str = "osprey.audit";
+/// Audit records published per source (`osprey.audit.<host>`, `osprey.audit.responder`):
+/// a reader of the whole trail subscribes to this and to [`AUDIT`].
+pub const AUDIT_WILDCARD: &str = "osprey.audit.>";
+pub const HEARTBEAT_WILDCARD: &str = "osprey.heartbeat.*";
 pub const APPROVALS: &str = "osprey.responder.approvals";
 /// Signed [`crate::ResponderControl`] requests (dry-run on/off) to the responder.
 pub const RESPONDER_CONTROL: &str = "osprey.responder.control";
@@ -43,6 +47,16 @@ pub fn heartbeat(host: &str) -> String {
 
 pub fn command(host: &str) -> String {
     format!("osprey.cmd.{}", host_token(host))
+}
+
+/// Every event of one host.
+pub fn host_events(host: &str) -> String {
+    format!("osprey.events.{}.>", host_token(host))
+}
+
+/// Every finding of one host.
+pub fn host_findings(host: &str) -> String {
+    format!("osprey.findings.{}.>", host_token(host))
 }
 
 /// Host state queries (request/reply, operators only).

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod nats;
 pub mod responder;
 pub mod virustotal;
+pub mod terminal;
 pub mod workload;
 
 use std::{path::PathBuf, time::Duration};

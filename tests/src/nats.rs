@@ -23,6 +23,8 @@ pub struct NatsServer {
     port: u16,
     root: PathBuf,
     child: Option<Child>,
+    /// A configuration file (users, permissions), when the test gave one.
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
@@ -44,12 +46,24 @@ impl NatsServer {
             port: free_port(),
             root,
             child: None,
+            config: None,
         }
     }
 
     /// Prepares and starts a server.
     pub fn start() -> NatsServer {
         let mut server = NatsServer::prepare();
+        server.run();
+        server
+    }
+
+    /// Starts a server with this configuration (e.g. `authorization { users: [...] }`); the
+    /// port, address and store directory stay the harness's.
+    pub fn start_with_config(config: &str) -> NatsServer {
+        let mut server = NatsServer::prepare();
+        let path = server.root.join("server.conf");
+        fs::write(&path, config).expect("write the nats-server configuration");
+        server.config = Some(path);
         server.run();
         server
     }
@@ -87,7 +101,11 @@ impl NatsServer {
             .append(true)
             .open(&log)
             .expect("open the nats-server log");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .arg("-js")
             .arg("-sd")
             .arg(self.store_dir())

@@ -20,6 +20,8 @@ pub fn run_bench(_args: BenchArgs) -> anyhow::Result<()> {
         "-p",
         "osprey-collector",
         "-p",
+        "osprey-cli",
+        "-p",
         "osprey-tests",
         "--bins",
     ]))?;

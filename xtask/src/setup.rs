@@ -14,11 +14,12 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Packages the pipeline and the tests use: the console's browser test drives Debian's
 /// Chromium through chromedriver, its metrics are checked by the reference OpenMetrics
-/// parser (Python's prometheus_client), and the history tests parse the CSV export with
-/// Python's `csv` module.
+/// parser (Python's prometheus_client), the history tests parse the CSV export with
+/// Python's `csv` module, and the terminal console's test drives `osprey top` in tmux.
 const PACKAGES: &[(&str, &str)] = &[
     ("nats-server", "/usr/sbin/nats-server"),
     ("python3", "/usr/bin/python3"),
+    ("tmux", "/usr/bin/tmux"),
     ("chromium", "/usr/bin/chromium"),
     ("chromium-driver", "/usr/bin/chromedriver"),
     // The console's TLS test makes a certificate and speaks HTTPS with them.

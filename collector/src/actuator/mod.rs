@@ -15,6 +15,7 @@ mod freeze;
 mod local;
 mod proc;
 mod quarantine;
+pub mod release;
 mod safety;
 mod state;
 
@@ -657,6 +658,16 @@ impl Actuator {
                     Ok(job) => return Step::Later(job),
                     Err(e) => e.into(),
                 }
+            }
+            Action::Release { id } => {
+                let (dir, id) = (self.section.quarantine_dir.clone(), id.clone());
+                return Step::Later(Box::new(move || match release::release(&dir, &id) {
+                    Ok(rec) => Outcome::ok(format!(
+                        "{} released from quarantine {id} (sha256 {}, mode {:o})",
+                        rec.original_path, rec.sha256, rec.mode
+                    )),
+                    Err(e) => e.into(),
+                }));
             }
             Action::Block {
                 cidr,

@@ -38,17 +38,17 @@ pub struct Target<'a> {
     pub foreign_namespace: bool,
 }
 
-fn errno() -> std::io::Error {
+pub(super) fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
-fn c_path(p: &Path) -> Result<CString, ActionError> {
+pub(super) fn c_path(p: &Path) -> Result<CString, ActionError> {
     CString::new(p.as_os_str().as_bytes())
         .map_err(|_| ActionError::Refused(format!("{} contains a NUL byte", p.display())))
 }
 
 /// `open(path, flags)` into an owned descriptor.
-fn open(path: &Path, flags: i32) -> std::io::Result<OwnedFd> {
+pub(super) fn open(path: &Path, flags: i32) -> std::io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: a valid NUL-terminated path; the result is checked.
     let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
@@ -60,7 +60,7 @@ fn open(path: &Path, flags: i32) -> std::io::Result<OwnedFd> {
 }
 
 /// `openat2(dir, path)` resolving inside `dir` as the root, refusing every symbolic link.
-fn open_beneath(dir: &OwnedFd, path: &Path, flags: i32) -> std::io::Result<OwnedFd> {
+pub(super) fn open_beneath(dir: &OwnedFd, path: &Path, flags: i32) -> std::io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: all-zero is a valid open_how (no flags, no mode, no resolve restrictions).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
@@ -83,7 +83,12 @@ fn open_beneath(dir: &OwnedFd, path: &Path, flags: i32) -> std::io::Result<Owned
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn openat(dir: &OwnedFd, name: &CString, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
+pub(super) fn openat(
+    dir: &OwnedFd,
+    name: &CString,
+    flags: i32,
+    mode: u32,
+) -> std::io::Result<OwnedFd> {
     // SAFETY: valid descriptor and NUL-terminated name; the result is checked.
     let fd = unsafe {
         libc::openat(
@@ -102,7 +107,7 @@ fn openat(dir: &OwnedFd, name: &CString, flags: i32, mode: u32) -> std::io::Resu
 
 /// (device, inode, is a regular file, link count) of what `name` in `dir` is, not following
 /// a symbolic link.
-fn identity_at(dir: &OwnedFd, name: &CString) -> std::io::Result<(FileId, bool, u64)> {
+pub(super) fn identity_at(dir: &OwnedFd, name: &CString) -> std::io::Result<(FileId, bool, u64)> {
     // SAFETY: an all-zero stat is a valid out-parameter.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid descriptor, NUL-terminated name, a stat to fill.
@@ -127,7 +132,7 @@ fn identity_at(dir: &OwnedFd, name: &CString) -> std::io::Result<(FileId, bool, 
     ))
 }
 
-fn renameat(
+pub(super) fn renameat(
     from_dir: &OwnedFd,
     from: &CString,
     to_dir: &OwnedFd,

@@ -3,10 +3,10 @@
 //! ancestry, is medium. Safe paths and ignored executables are exempt. The policy file can
 //! switch each one off and set its severity and recommended actions (`rules::Heuristics`).
 
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf};
 
 use ipnet::IpNet;
-use protocol::{Detector, Event, EventDetail};
+use protocol::{Detector, Event, EventDetail, Process, Severity, TransportProtocol};
 use rules::Heuristics as Settings;
 
 use super::{engines::ScriptEngines, Detection};
@@ -36,8 +36,7 @@ impl Heuristics {
 
     /// The script engine a process runs, by executable name (resolved or as invoked, so
     /// `python3` → `python3.11` and a `sh` symlink to dash both count).
-    fn engine_name<'a>(&self, event: &'a Event) -> Option<&'a str> {
-        let p = &event.process;
+    pub fn engine_of<'a>(&self, p: &'a Process) -> Option<&'a str> {
         let invoked = p
             .invoked_path
             .as_deref()
@@ -48,13 +47,54 @@ impl Heuristics {
             .find(|name| self.engines.matches(name))
     }
 
-    fn exempt(&self, event: &Event) -> bool {
-        let exe = std::path::Path::new(&event.process.exe);
+    /// Safe paths and ignored executables.
+    pub fn exempt(&self, p: &Process) -> bool {
+        let exe = std::path::Path::new(&p.exe);
         self.ignored.iter().any(|i| i == exe) || self.safe_paths.iter().any(|s| exe.starts_with(s))
     }
 
-    fn is_local(&self, ip: std::net::IpAddr) -> bool {
+    pub fn is_local(&self, ip: IpAddr) -> bool {
         self.local.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The heuristics' risk classes for a live process, as host state queries show them: its
+    /// script engine connected to a non-local destination (the first of `destinations`
+    /// that is), or runs with no terminal anywhere in its ancestry (`has_terminal`). Each
+    /// class with the severity `settings` give it, and one short reason.
+    pub fn classify(
+        &self,
+        p: &Process,
+        has_terminal: bool,
+        mut destinations: impl Iterator<Item = (IpAddr, u16, TransportProtocol)>,
+        settings: &Settings,
+        out: &mut Vec<(Severity, String)>,
+    ) {
+        let network = &settings.script_engine_network;
+        let background = &settings.script_engine_background;
+        if !self.enabled || self.exempt(p) {
+            return;
+        }
+        let Some(engine) = self.engine_of(p) else {
+            return;
+        };
+        if network.enabled {
+            if let Some((ip, port, protocol)) = destinations.find(|(ip, ..)| !self.is_local(*ip)) {
+                out.push((
+                    network.severity,
+                    format!(
+                        "script engine {engine} connected to {}/{}",
+                        std::net::SocketAddr::new(ip, port),
+                        protocol.as_str()
+                    ),
+                ));
+            }
+        }
+        if background.enabled && !has_terminal {
+            out.push((
+                background.severity,
+                format!("script engine {engine} running with no terminal in its ancestry"),
+            ));
+        }
     }
 
     /// Appends what the heuristics conclude about `event`, with the severities and actions
@@ -62,10 +102,11 @@ impl Heuristics {
     pub fn evaluate(&self, event: &Event, settings: &Settings, out: &mut Vec<Detection>) {
         let network = &settings.script_engine_network;
         let background = &settings.script_engine_background;
-        if !self.enabled || !(network.enabled || background.enabled) || self.exempt(event) {
+        if !self.enabled || !(network.enabled || background.enabled) || self.exempt(&event.process)
+        {
             return;
         }
-        let Some(engine) = self.engine_name(event) else {
+        let Some(engine) = self.engine_of(&event.process) else {
             return;
         };
         match &event.detail {
@@ -246,5 +287,34 @@ mod tests {
             (SCRIPT_ENGINE_NETWORK, Severity::Critical)
         );
         assert_eq!(out[0].actions, [ActionKind::Kill]);
+    }
+
+    #[test]
+    fn live_processes_are_classified_like_events_are_scored() {
+        let h = Heuristics::new(
+            &HeuristicsSection::default(),
+            vec!["127.0.0.0/8".parse().unwrap()],
+        );
+        let classes = |name: &str, tty: bool, dests: &[&str]| {
+            let p = event(name, None, EventDetail::Exec(ExecEvent::default())).process;
+            let mut out = Vec::new();
+            h.classify(
+                &p,
+                tty,
+                dests
+                    .iter()
+                    .map(|d| (d.parse().unwrap(), 443, TransportProtocol::Tcp)),
+                &Settings::default(),
+                &mut out,
+            );
+            out
+        };
+        let both = classes("python3", false, &["127.0.0.1", "203.0.113.7"]);
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert_eq!(both[0].0, Severity::High);
+        assert!(both[0].1.contains("203.0.113.7:443/tcp"), "{}", both[0].1);
+        assert_eq!(both[1].0, Severity::Medium);
+        assert!(classes("python3", true, &["127.0.0.1"]).is_empty());
+        assert!(classes("curl", false, &["203.0.113.7"]).is_empty());
     }
 }

@@ -3,7 +3,6 @@
 pub mod engines;
 pub mod heuristics;
 pub mod intel;
-pub mod memory;
 pub mod reload;
 pub mod rules;
 
@@ -51,6 +50,13 @@ impl Detectors {
     /// The rules in force (the latest successful load).
     pub fn engine(&mut self) -> &std::sync::Arc<::rules::Engine> {
         self.rules.current()
+    }
+
+    /// The built-in heuristics and the settings the policy in force gives them (host state
+    /// queries classify live processes with them).
+    pub fn heuristics(&mut self) -> (&heuristics::Heuristics, std::sync::Arc<::rules::Engine>) {
+        let engine = self.rules.current().clone();
+        (&self.heuristics, engine)
     }
 
     pub fn evaluate(&mut self, event: &protocol::Event) -> Vec<Detection> {

@@ -296,35 +296,55 @@ impl ProcessTable {
 
     /// Ancestry of `process`, nearest parent first.
     pub fn ancestry(&self, process: &Process) -> Vec<Ancestor> {
-        let mut out = Vec::new();
-        let mut ppid = process.ppid;
-        let mut expected = process.parent_exec_id;
-        while ppid != 0 && out.len() < MAX_ANCESTRY {
-            let Some(entry) = self.entries.get(&ppid) else {
-                break;
-            };
-            // A reused pid is not our parent.
-            if let Some(id) = expected {
-                if !entry.process.exec_id.same_process(&id) {
-                    break;
-                }
-            }
-            let p = &entry.process;
-            out.push(Ancestor {
+        self.ancestors(process)
+            .map(|p| Ancestor {
                 exec_id: p.exec_id,
                 pid: p.pid,
                 name: p.name.clone(),
                 exe: p.exe.clone(),
                 argv: p.argv.clone(),
                 tty: p.tty.clone(),
-            });
-            if p.ppid == p.pid {
-                break;
+            })
+            .collect()
+    }
+
+    /// The processes up the tree from `process`, nearest parent first (at most
+    /// `MAX_ANCESTRY`), without copying them.
+    pub fn ancestors<'a>(&'a self, process: &Process) -> impl Iterator<Item = &'a Process> + 'a {
+        let mut ppid = process.ppid;
+        let mut expected = process.parent_exec_id;
+        let mut left = MAX_ANCESTRY;
+        std::iter::from_fn(move || {
+            if ppid == 0 || left == 0 {
+                return None;
             }
-            ppid = p.ppid;
+            let entry = self.entries.get(&ppid)?;
+            // A reused pid is not our parent.
+            if expected.is_some_and(|id| !entry.process.exec_id.same_process(&id)) {
+                return None;
+            }
+            let p = &entry.process;
+            left -= 1;
+            ppid = if p.ppid == p.pid { 0 } else { p.ppid };
             expected = p.parent_exec_id;
-        }
-        out
+            Some(p)
+        })
+    }
+
+    /// Every live process (exited ones excluded), in no particular order.
+    pub fn live(&self) -> impl Iterator<Item = &Process> {
+        self.entries
+            .values()
+            .filter(|e| e.exited.is_none())
+            .map(|e| &e.process)
+    }
+
+    /// The process `exec_id` names, live or exited but still remembered; `true` when exited.
+    pub fn remembered(&self, exec_id: &ExecId) -> Option<(&Process, bool)> {
+        self.entries
+            .get(&exec_id.pid)
+            .filter(|e| e.process.exec_id == *exec_id)
+            .map(|e| (&e.process, e.exited.is_some()))
     }
 
     /// Drops exited entries past their grace period and live entries whose process is gone

@@ -11,8 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use osprey_tests::{collector::Collector, eventually, marker, nats::NatsServer, workload};
-use protocol::{EventDetail, Timestamp};
+use osprey_tests::{
+    collector::Collector, eventually, marker, nats::NatsServer, terminal::Tmux, workload,
+};
+use protocol::{subject, EventDetail, ProcessFilter, Query, QueryKind, Timestamp};
 
 const EXECS: usize = 2_000;
 const CONNECTS: usize = 5_000;
@@ -21,6 +23,11 @@ const ROUNDS: usize = 3;
 /// The flood scenario: distinct `sendmmsg` destinations, then short-lived processes.
 const FLOOD_DESTINATIONS: usize = 50_000;
 const FORK_STORM: usize = 10_000;
+/// The event rate the console is measured under (must-show 6 of the console's issue).
+const CONSOLE_EVENTS_PER_SEC: usize = 5_000;
+const CONSOLE_SECS: usize = 10;
+/// Extra live processes for the query latency measurement.
+const QUERY_EXTRA_PROCESSES: usize = 5_000;
 
 /// The workloads run as child processes, so this process's own threads (its NATS subscriber
 /// decoding every event) don't compete with them inside one process.
@@ -217,6 +224,164 @@ async fn main() {
         percentile(&latencies, 0.99)
     );
     println!("{flood}");
+
+    let collector = Collector::start(&client, &nats.url(), &dir.path().join("spool-q"), &[]).await;
+    query_latency(&client, &collector).await;
+    console(&collector, &nats, port, tck).await;
+}
+
+/// Host state query round trips (a NATS request answered by the collector's pipeline), with
+/// the host's own processes and with QUERY_EXTRA_PROCESSES more.
+async fn query_latency(client: &async_nats::Client, collector: &Collector) {
+    let ask = |query: Query| async move {
+        let payload = protocol::encode(&query).expect("a query encodes");
+        let mut took = Vec::new();
+        for _ in 0..20 {
+            let start = Instant::now();
+            let reply = client
+                .request(subject::query(&collector.host), payload.clone().into())
+                .await
+                .expect("the collector answers");
+            took.push(start.elapsed().as_secs_f64() * 1e3);
+            let _: protocol::Snapshot = protocol::decode(&reply.payload).expect("a Snapshot");
+        }
+        took.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        took
+    };
+    let list = || Query {
+        kind: QueryKind::Processes(ProcessFilter::default()),
+    };
+    let page = || Query {
+        kind: QueryKind::Processes(ProcessFilter {
+            limit: protocol::query::MAX_PAGE,
+            ..Default::default()
+        }),
+    };
+    let report = |what: &str, took: &[f64]| {
+        println!(
+            "query latency, {what}, table of {} processes: p50 {:.2} ms, max {:.2} ms",
+            collector
+                .last_heartbeat()
+                .map_or(0, |h| h.process_table_size),
+            percentile(took, 0.5),
+            percentile(took, 1.0)
+        );
+    };
+    report("first 50 by risk", &ask(list()).await);
+    // QUERY_EXTRA_PROCESSES sleepers in a process group of their own.
+    let mut sleepers = Command::new("setsid")
+        .args([
+            "bash",
+            "-c",
+            &format!("for i in $(seq {QUERY_EXTRA_PROCESSES}); do sleep 600 & done; wait"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sleepers start");
+    let group = sleepers.id() as i32;
+    let wanted = QUERY_EXTRA_PROCESSES as u64;
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if collector
+            .last_heartbeat()
+            .is_some_and(|h| h.process_table_size > wanted)
+        {
+            break;
+        }
+    }
+    report("first 50 by risk", &ask(list()).await);
+    report("500 by risk", &ask(page()).await);
+    // SAFETY: killing the process group this function started.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    let _ = sleepers.wait();
+}
+
+/// `osprey top` in a real terminal (tmux) while the collector publishes about
+/// CONSOLE_EVENTS_PER_SEC events per second: its CPU, its frame draw times, and how long a
+/// key takes to show on screen.
+async fn console(collector: &Collector, nats: &NatsServer, port: u16, tck: f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stats = dir.path().join("top-stats.json");
+    let bin = osprey_tests::bin_dir().join("osprey");
+    let term = Tmux::start(
+        &format!(
+            "{} top --nats {} --host {} --stats-file {}",
+            bin.display(),
+            nats.url(),
+            collector.host,
+            stats.display()
+        ),
+        200,
+        50,
+        &[("OSPREY_SESSION", "/nonexistent")],
+    );
+    term.wait_line("the host", false, |l| l.contains(&collector.host))
+        .await;
+    let top = term.program_pid("osprey").expect("osprey top runs");
+    // Paced connects to a listener of the same child, CONSOLE_EVENTS_PER_SEC a second.
+    let load = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            &format!(
+                "import socket, threading, time\n\
+                 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 l.bind(('127.0.0.1', {port})); l.listen(1024)\n\
+                 def accept():\n    while True:\n        l.accept()[0].close()\n\
+                 threading.Thread(target=accept, daemon=True).start()\n\
+                 start = time.time()\n\
+                 for i in range({total}):\n\
+                 \x20   socket.create_connection(('127.0.0.1', {port})).close()\n\
+                 \x20   ahead = start + i / {rate} - time.time()\n\
+                 \x20   if ahead > 0: time.sleep(ahead)\n",
+                total = CONSOLE_EVENTS_PER_SEC * CONSOLE_SECS,
+                rate = CONSOLE_EVENTS_PER_SEC
+            ),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the load runs");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu0 = cpu_ticks(top);
+    let t0 = Instant::now();
+    // Key to screen: the help opens, any key closes it.
+    let mut key_ms = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        term.keys(&["?"]);
+        term.wait_line("the help", false, |l| l.contains("osprey top — keys"))
+            .await;
+        key_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        term.keys(&["x"]);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu = (cpu_ticks(top) - cpu0) as f64 / tck / t0.elapsed().as_secs_f64() * 100.0;
+    let rate = collector.last_heartbeat().map_or(0.0, |h| h.events_per_sec);
+    let mut load = load;
+    let _ = load.wait();
+    term.keys(&["Escape"]);
+    let mut summary = serde_json::Value::Null;
+    for _ in 0..50 {
+        if let Ok(text) = std::fs::read(&stats) {
+            summary = serde_json::from_slice(&text).unwrap_or_default();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    key_ms.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    println!(
+        "osprey top at {rate:.0} events/s (collector heartbeat): CPU {cpu:.1}% of one core; \
+         frame draw p50 {} ms, p99 {} ms, max {} ms over {} frames; key to screen p50 {:.0} ms, \
+         max {:.0} ms; {} events taken in, {} messages skipped",
+        summary["draw_ms_p50"],
+        summary["draw_ms_p99"],
+        summary["draw_ms_max"],
+        summary["frames"],
+        percentile(&key_ms, 0.5),
+        percentile(&key_ms, 1.0),
+        summary["events"],
+        summary["skipped"],
+    );
 }
 
 /// A fresh collector through a `sendmmsg` flood to FLOOD_DESTINATIONS destinations and a
