@@ -305,7 +305,13 @@ pub async fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
 pub async fn approval(args: ApprovalArgs, verdict: Verdict) -> anyhow::Result<ExitCode> {
     let key = args.key.load()?;
     let client = args.nats.connect("osprey-approval", false).await?;
-    client::send_approval(&client, &crate::bus::KeyArgs::operator(&key), &args.id, verdict).await?;
+    client::send_approval(
+        &client,
+        &crate::bus::KeyArgs::operator(&key),
+        &args.id,
+        verdict,
+    )
+    .await?;
     println!("{verdict:?} sent for {}", args.id);
     Ok(ExitCode::SUCCESS)
 }

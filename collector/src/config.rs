@@ -61,6 +61,8 @@ pub struct CollectorConfig {
     pub intel: intel::IntelConfig,
     /// Who acts on the actions findings recommend (docs/responder.md).
     pub response: ResponseSection,
+    /// The host's behaviour history, learned baselines and anomaly scoring (docs/history.md).
+    pub history: history::HistoryConfig,
 }
 
 /// Who acts on findings.
@@ -281,6 +283,7 @@ impl Default for CollectorConfig {
             actuator: ActuatorSection::default(),
             intel: intel::IntelConfig::default(),
             response: ResponseSection::default(),
+            history: history::HistoryConfig::default(),
         }
     }
 }
@@ -482,7 +485,24 @@ impl CollectorConfig {
             field: format!("intel.{}", e.field),
             problem: e.problem,
         })?;
+        if self.history.enabled {
+            self.history.validate().map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: format!("history.{}", e.key),
+                problem: e.problem,
+            })?;
+        }
         Ok(())
+    }
+
+    /// The verdict cache's file: the history database when the history is on (one file
+    /// per host), else `intel.cache`.
+    pub fn intel_cache(&self) -> &Path {
+        if self.history.enabled {
+            &self.history.path
+        } else {
+            &self.intel.cache
+        }
     }
 
     pub fn local_networks(&self) -> Result<Vec<IpNet>, String> {

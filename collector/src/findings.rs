@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use protocol::{Event, Finding, FindingId, Trigger};
+use protocol::{Ancestor, Event, Finding, FindingId, Process, Timestamp, Trigger};
 
 use crate::detect::Detection;
 
@@ -31,7 +31,30 @@ impl Findings {
 
     /// A new finding, or `None` when this rule already fired for this `ExecId`.
     pub fn raise(&mut self, event: &Event, d: Detection) -> Option<Finding> {
-        let id = FindingId::new(&self.host, &event.process.exec_id, d.detector, &d.rule_id);
+        let trigger = Trigger {
+            time: event.time,
+            detail: event.detail.clone(),
+        };
+        self.raise_on(
+            &event.process,
+            &event.ancestry,
+            event.time,
+            vec![trigger],
+            d,
+        )
+    }
+
+    /// [`Findings::raise`] for a detection no single event triggered (a hash computed later,
+    /// a UDP flow that went idle): `triggers` may be empty.
+    pub fn raise_on(
+        &mut self,
+        process: &Process,
+        ancestry: &[Ancestor],
+        time: Timestamp,
+        triggers: Vec<Trigger>,
+        d: Detection,
+    ) -> Option<Finding> {
+        let id = FindingId::new(&self.host, &process.exec_id, d.detector, &d.rule_id);
         if let Some(count) = self.seen.get_mut(&id) {
             *count += 1;
             self.repeats += 1;
@@ -47,7 +70,7 @@ impl Findings {
         self.raised += 1;
         Some(Finding {
             id,
-            time: event.time,
+            time,
             host: self.host.clone(),
             detector: d.detector,
             rule_id: d.rule_id,
@@ -56,12 +79,9 @@ impl Findings {
             author: d.author,
             severity: d.severity,
             tags: d.tags,
-            process: event.process.clone(),
-            ancestry: event.ancestry.clone(),
-            triggers: vec![Trigger {
-                time: event.time,
-                detail: event.detail.clone(),
-            }],
+            process: process.clone(),
+            ancestry: ancestry.to_vec(),
+            triggers,
             recommended_actions: d.actions,
         })
     }

@@ -3,11 +3,13 @@
 
 #[cfg(target_os = "linux")]
 pub mod actuator;
+pub mod audit;
 pub mod cache;
 pub mod config;
 pub mod detect;
 pub mod enrich;
 pub mod findings;
+pub mod history_feed;
 pub mod pipeline;
 pub mod process;
 pub mod publish;

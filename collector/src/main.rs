@@ -13,6 +13,7 @@ use collector::{
         rules::{self as detect_rules, ActiveRules},
         Detectors,
     },
+    history_feed::HistoryFeed,
     pipeline::{Pipeline, PipelineOptions},
     process::ProcessTable,
     publish::{JsonlOptions, NatsConfig, Publisher, PublisherConfig, SpoolConfig},
@@ -76,6 +77,12 @@ struct Args {
     /// host state queries).
     #[arg(long, alias = "memory-sample-interval-secs")]
     resource_sample_interval_secs: Option<u64>,
+    /// The history database (turns the history on: `history.path`).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_history")]
+    history_db: Option<PathBuf>,
+    /// Keep no history, baselines or anomaly scores (`history.enabled: false`).
+    #[arg(long)]
+    no_history: bool,
     /// A file holding a public key (base64) whose signed commands the actuator obeys, on
     /// top of the configuration file's `actuator.trusted_key_files` (repeatable).
     #[arg(long, value_name = "PATH")]
@@ -136,6 +143,13 @@ fn apply(args: &Args, config: &mut CollectorConfig) {
         .extend(args.trusted_key_file.iter().cloned());
     if let Some(s) = args.resource_sample_interval_secs {
         config.resource_sample_interval_secs = s;
+    }
+    if let Some(path) = &args.history_db {
+        config.history.enabled = true;
+        config.history.path = path.clone();
+    }
+    if args.no_history {
+        config.history.enabled = false;
     }
 }
 
@@ -350,10 +364,18 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
     }
     let (intel, verdicts) = IntelDetector::start(
         &config.intel,
-        &config.intel.cache,
+        config.intel_cache(),
         &config.heuristics.safe_paths,
     )
     .context("threat intelligence")?;
+    let history = if config.history.enabled {
+        Some(
+            HistoryFeed::open(&config.history, &host, &config.heuristics.script_engines)
+                .context("history")?,
+        )
+    } else {
+        None
+    };
 
     let (publisher, publisher_task) = Publisher::start(PublisherConfig {
         host: host.clone(),
@@ -400,6 +422,8 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
             active_blocks,
             local_response: local_tx,
             verdicts,
+            history,
+            audit_file: Some(config.actuator.audit_file.clone()),
         },
         source,
         table,

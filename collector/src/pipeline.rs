@@ -19,6 +19,7 @@ use crate::{
     detect::Detectors,
     enrich::{ContainerIds, ExeHashes, HashResult, UserNames},
     findings::Findings,
+    history_feed::{self, HistoryFeed},
     process::{
         resolve::{Resolved, Resolver},
         ProcessTable,
@@ -28,6 +29,9 @@ use crate::{
     resources::{self, ResourceSample, ResourceSampler, SampleScope},
     source::{EventSource, SensorEvent, SourceError},
 };
+
+/// How often the history's periodic work runs.
+const HISTORY_TICK: Duration = Duration::from_secs(1);
 
 pub struct PipelineOptions {
     pub host: String,
@@ -47,6 +51,12 @@ pub struct PipelineOptions {
     pub local_response: Option<(mpsc::UnboundedSender<Finding>, protocol::Severity)>,
     /// VirusTotal verdicts, when the intel detector looks hashes up.
     pub verdicts: Option<mpsc::Receiver<intel::Answer<protocol::ExecId>>>,
+    /// The host's history (`history.enabled`): every event goes in, its detections come
+    /// back as findings.
+    pub history: Option<HistoryFeed>,
+    /// Where audit records the pipeline makes (baseline overrides) are appended, besides
+    /// `osprey.audit`.
+    pub audit_file: Option<std::path::PathBuf>,
 }
 
 pub struct Pipeline<S: EventSource> {
@@ -63,6 +73,7 @@ pub struct Pipeline<S: EventSource> {
     samples: mpsc::UnboundedReceiver<Vec<ResourceSample>>,
     activity: Activity,
     queries: Option<mpsc::Receiver<QueryRequest>>,
+    history: Option<HistoryFeed>,
     detectors: Detectors,
     findings: Findings,
     publisher: Publisher,
@@ -103,6 +114,12 @@ impl<S: EventSource> Pipeline<S> {
         })?;
         let activity = Activity::new(options.tracked_processes);
         let queries = options.queries.take();
+        let mut history = options.history.take();
+        if let Some(history) = &mut history {
+            for process in table.live() {
+                history.existing(process);
+            }
+        }
         let findings = Findings::new(options.host.clone(), 100_000);
         Ok(Pipeline {
             options,
@@ -118,6 +135,7 @@ impl<S: EventSource> Pipeline<S> {
             samples,
             activity,
             queries,
+            history,
             detectors,
             findings,
             publisher,
@@ -141,6 +159,8 @@ impl<S: EventSource> Pipeline<S> {
         reconcile.tick().await; // the table was just built
         let mut sample = tokio::time::interval(self.options.resource_sample_interval);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut history_tick = tokio::time::interval(HISTORY_TICK);
+        history_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(1024);
         loop {
             tokio::select! {
@@ -159,9 +179,13 @@ impl<S: EventSource> Pipeline<S> {
                 _ = sample.tick() => self.request_sample(),
                 Some(samples) = self.samples.recv() => self.evaluate_samples(samples),
                 Some(request) = recv(&mut self.queries) => self.answer(request),
+                _ = history_tick.tick() => self.history_tick(),
             }
         }
         self.heartbeat();
+        if let Some(history) = self.history.take() {
+            history.close();
+        }
         Ok(())
     }
 
@@ -272,8 +296,15 @@ impl<S: EventSource> Pipeline<S> {
             .entry(event.kind().as_str())
             .or_default() += 1;
         self.publisher.event(&event);
-        self.activity.observe(&event.process, &event.detail);
+        self.activity.observe(&event);
         self.detect(&event);
+        if let Some(history) = &mut self.history {
+            for d in history.event(&event) {
+                if let Some(finding) = self.findings.raise(&event, history_feed::detection(d)) {
+                    self.found(finding);
+                }
+            }
+        }
         if let (EventDetail::Exec(_), Some(sha256)) = (&event.detail, &event.process.sha256) {
             self.judge_hash(event.process.exec_id, sha256);
         }
@@ -283,18 +314,61 @@ impl<S: EventSource> Pipeline<S> {
     fn detect(&mut self, event: &Event) {
         for detection in self.detectors.evaluate(event) {
             if let Some(finding) = self.findings.raise(event, detection) {
-                self.activity.finding(&finding);
-                self.publisher.finding(&finding);
-                if let Some((actuator, min_severity)) = &self.options.local_response {
-                    if finding.severity >= *min_severity
-                        && !finding.recommended_actions.is_empty()
-                        && actuator.send(finding).is_err()
-                    {
-                        tracing::error!("local response: the actuator is gone; actions not taken");
-                    }
-                }
+                self.found(finding);
             }
         }
+    }
+
+    /// A new finding: published, remembered (queries, history) and, with local response,
+    /// handed to the actuator.
+    fn found(&mut self, finding: Finding) {
+        self.activity.finding(&finding);
+        self.publisher.finding(&finding);
+        if let Some(history) = &mut self.history {
+            history.finding(&finding);
+        }
+        if let Some((actuator, min_severity)) = &self.options.local_response {
+            if finding.severity >= *min_severity
+                && !finding.recommended_actions.is_empty()
+                && actuator.send(finding).is_err()
+            {
+                tracing::error!("local response: the actuator is gone; actions not taken");
+            }
+        }
+    }
+
+    /// History detections with no event of their own (a hash computed later, a UDP flow gone
+    /// idle): raised on the process as the table remembers it, without a trigger.
+    fn raise_history(&mut self, detections: Vec<history::HistoryDetection>) {
+        for d in detections {
+            let Some((process, _)) = self.table.remembered(&d.exec_id) else {
+                continue;
+            };
+            let process = process.clone();
+            let ancestry = self.table.ancestry(&process);
+            let detection = history_feed::detection(d);
+            if let Some(finding) =
+                self.findings
+                    .raise_on(&process, &ancestry, Timestamp::now(), Vec::new(), detection)
+            {
+                self.found(finding);
+            }
+        }
+    }
+
+    /// The history's periodic work; operator overrides it applied are audited.
+    fn history_tick(&mut self) {
+        let Some(history) = &mut self.history else {
+            return;
+        };
+        let tick = history.tick();
+        for record in &tick.audit {
+            self.publisher.audit(record);
+            if let Some(path) = &self.options.audit_file {
+                crate::audit::append(path, record);
+            }
+        }
+        self.raise_history(tick.detections);
     }
 
     /// The executable hash of a live process became known: threat intelligence judges it
@@ -359,6 +433,18 @@ impl<S: EventSource> Pipeline<S> {
     /// carries one as its trigger.
     fn evaluate_samples(&mut self, samples: Vec<ResourceSample>) {
         self.activity.store_samples(&samples, &self.table);
+        if let Some(history) = &mut self.history {
+            for sample in &samples {
+                let tracked = self
+                    .table
+                    .get(sample.pid)
+                    .filter(|p| resources::same_process(sample, p))
+                    .filter(|p| self.activity.get(&p.exec_id).is_some());
+                if let Some(process) = tracked {
+                    history.sample(&process.exec_id, sample.cpu_percent, sample.rss_bytes);
+                }
+            }
+        }
         if self.detectors.engine().rules_for(SubjectKind::Sample) == 0 {
             return;
         }
@@ -436,6 +522,15 @@ impl<S: EventSource> Pipeline<S> {
             .is_some();
         if fresh {
             self.judge_hash(result.exec_id, &result.sha256);
+            let hashed = self
+                .table
+                .by_exec_id(&result.exec_id)
+                .cloned()
+                .zip(self.history.as_mut());
+            if let Some((process, history)) = hashed {
+                let detections = history.hashed(&process);
+                self.raise_history(detections);
+            }
         }
     }
 
@@ -495,6 +590,9 @@ impl<S: EventSource> Pipeline<S> {
         evicted.insert("hash_cache".into(), self.hashes.evicted());
         evicted.insert("container_ids".into(), self.containers.evicted());
         evicted.insert("unattributed_closes".into(), self.unattributed_closes);
+        if let Some(history) = &self.history {
+            history_feed::heartbeat_counters(&history.stats(), &mut pending, &mut evicted);
+        }
         self.activity.prune(&self.table);
         let activity = self.activity.evictions();
         evicted.insert("query_processes".into(), activity.processes);

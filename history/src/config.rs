@@ -22,9 +22,6 @@ pub struct HistoryConfig {
     pub batch_max: usize,
     /// How long the writer gathers records before committing a batch.
     pub batch_interval_ms: u64,
-    /// How often the collector samples CPU and resident memory of processes with network
-    /// activity or findings (read by the collector; 0 = no samples).
-    pub resource_sample_interval_secs: u64,
     pub retention: RetentionConfig,
     pub udp: UdpConfig,
     /// TCP connections waiting for their close record (their connect-time features are kept
@@ -125,7 +122,6 @@ impl Default for HistoryConfig {
             queue_capacity: 65_536,
             batch_max: 4_096,
             batch_interval_ms: 200,
-            resource_sample_interval_secs: 30,
             retention: RetentionConfig::default(),
             udp: UdpConfig::default(),
             max_open_connections: 65_536,

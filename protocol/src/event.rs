@@ -257,6 +257,16 @@ pub struct CloseEvent {
     pub bytes_received: u64,
 }
 
+impl CloseEvent {
+    /// How long the connection was established, given the event's time (its close).
+    pub fn duration_until(&self, closed: Timestamp) -> std::time::Duration {
+        let nanos = closed
+            .unix_nanos()
+            .saturating_sub(self.established.unix_nanos());
+        std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

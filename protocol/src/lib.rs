@@ -39,8 +39,8 @@ pub use process::{
 };
 pub use quarantine::QuarantineRecord;
 pub use query::{
-    ConnectionState, FindingSummary, ProcessFilter, ProcessState, Query, QueryKind, Risk, Snapshot,
-    SortKey,
+    ClosedConnection, ConnectionState, FindingSummary, ProcessFilter, ProcessState, Query,
+    QueryKind, Risk, Snapshot, SortKey,
 };
 pub use severity::Severity;
 pub use time::Timestamp;

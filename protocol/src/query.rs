@@ -113,9 +113,20 @@ pub struct ConnectionState {
     pub outcome: Outcome,
     /// Seconds since the attempt.
     pub age_secs: u64,
-    /// Still open, as far as the host knows.
+    /// An established TCP connection the host has not seen close.
     #[serde(default)]
     pub open: bool,
+    /// How long it lasted and what it carried, once closed (TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<ClosedConnection>,
+}
+
+/// A TCP connection's lifetime and bytes, from its close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedConnection {
+    pub duration_ms: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

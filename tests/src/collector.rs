@@ -29,6 +29,9 @@ pub struct Collector {
     pub received: Arc<Mutex<Received>>,
     /// The collector's stderr lines, when started with [`Collector::start_logged`].
     log: Arc<Mutex<Vec<String>>>,
+    /// Its history database's directory, unless the test chose one (`--history-db`) or none
+    /// (`--no-history`): removed with the collector.
+    _history: Option<tempfile::TempDir>,
 }
 
 impl Collector {
@@ -149,6 +152,20 @@ impl Collector {
         stdout: Stdio,
     ) -> Collector {
         let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/osprey-test-{host}"));
+        // Each collector keeps its history in a file of its own, never the host's.
+        let history = (!args
+            .iter()
+            .any(|a| a == "--history-db" || a == "--no-history"))
+        .then(|| tempfile::tempdir().expect("tempdir"));
+        let history_args: Vec<String> = history
+            .iter()
+            .flat_map(|dir| {
+                [
+                    "--history-db".to_string(),
+                    dir.path().join("history.db").display().to_string(),
+                ]
+            })
+            .collect();
         let mut child = Command::new(crate::bin_dir().join("osprey-collector"))
             .arg("--config")
             .arg(config)
@@ -156,6 +173,7 @@ impl Collector {
             .arg("--pin-dir")
             .arg(&pin_dir)
             .args(args)
+            .args(&history_args)
             .stdout(stdout)
             .stderr(if logged {
                 Stdio::piped()
@@ -202,6 +220,7 @@ impl Collector {
             pin_dir: Some(pin_dir),
             received,
             log,
+            _history: history,
         }
     }
 

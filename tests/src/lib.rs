@@ -10,8 +10,8 @@ pub mod console;
 pub mod metrics;
 pub mod nats;
 pub mod responder;
-pub mod virustotal;
 pub mod terminal;
+pub mod virustotal;
 pub mod workload;
 
 use std::{path::PathBuf, time::Duration};

@@ -169,6 +169,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         collector
             .arg("--spool-dir")
             .arg(state.join("spool"))
+            .arg("--history-db")
+            .arg(state.join("history.db"))
             // The demo counts loopback as "internet" so its connection is scored.
             .args(["--local-networks", "169.254.0.0/16,fe80::/10"])
             .arg("--trusted-key-file")

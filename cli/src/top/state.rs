@@ -875,6 +875,7 @@ mod tests {
                 outcome: Outcome::Ok,
                 age_secs: 1,
                 open: false,
+                closed: None,
             }],
             findings: vec![],
             risk: Risk {

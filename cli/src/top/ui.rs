@@ -479,8 +479,18 @@ fn detail(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 theme.dim(),
             )));
             for c in &p.connections {
+                let state = match (&c.closed, c.open) {
+                    (Some(closed), _) => format!(
+                        ", closed after {:.1} s: sent {} B, received {} B",
+                        closed.duration_ms as f64 / 1000.0,
+                        closed.bytes_sent,
+                        closed.bytes_received
+                    ),
+                    (None, true) => ", open".to_string(),
+                    (None, false) => String::new(),
+                };
                 lines.push(Line::from(format!(
-                    "  {}/{} {} {} ago",
+                    "  {}/{} {} {} ago{state}",
                     SocketAddr::new(c.destination_ip, c.destination_port),
                     c.protocol.as_str(),
                     render::outcome_str(c.outcome),

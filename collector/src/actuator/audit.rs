@@ -1,7 +1,7 @@
-//! The actuator's audit trail: one JSON line per decision in the audit file, and the same
-//! record on `osprey.audit`.
+//! The actuator's audit trail: one JSON line per decision in the audit file
+//! ([`crate::audit`]), and the same record on `osprey.audit`.
 
-use std::{io::Write, path::PathBuf};
+use std::path::PathBuf;
 
 use protocol::AuditRecord;
 
@@ -13,34 +13,11 @@ pub struct AuditLog {
 
 impl AuditLog {
     pub fn new(path: PathBuf, client: Option<async_nats::Client>) -> AuditLog {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
         AuditLog { path, client }
     }
 
     pub fn record(&self, record: &AuditRecord) {
-        tracing::info!(
-            action = %record.action,
-            decision = record.decision.as_str(),
-            target = record.target.as_deref().unwrap_or(""),
-            reason = %record.reason,
-            result = %record.result,
-            "audit"
-        );
-        match serde_json::to_string(record) {
-            Ok(line) => {
-                let written = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-                    .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
-                if let Err(e) = written {
-                    tracing::error!(path = %self.path.display(), "cannot write the audit file: {e}");
-                }
-            }
-            Err(e) => tracing::error!("cannot render an audit record: {e}"),
-        }
+        crate::audit::append(&self.path, record);
         if let (Some(client), Ok(bytes)) = (&self.client, protocol::encode(record)) {
             let client = client.clone();
             tokio::spawn(async move {

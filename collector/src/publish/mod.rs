@@ -297,6 +297,25 @@ impl Publisher {
         }
     }
 
+    /// Queues an audit record for `osprey.audit` (core NATS, best effort: the audit file
+    /// keeps it too). Never blocks.
+    pub fn audit(&self, record: &protocol::AuditRecord) {
+        let Some(core) = &self.inner.core else { return };
+        match protocol::encode(record) {
+            Ok(payload) => {
+                let message = CoreMessage {
+                    subject: subject::AUDIT.to_string(),
+                    payload: Bytes::from(payload),
+                    is_event: false,
+                };
+                if core.try_send(message).is_err() {
+                    tracing::warn!(action = %record.action, "audit record not published: the queue is full");
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot encode an audit record"),
+        }
+    }
+
     /// Queues a heartbeat for `osprey.heartbeat.<host>` (core NATS). Never blocks; a heartbeat
     /// that cannot go now is counted in `heartbeats_dropped` (the next one carries fresher
     /// numbers anyway).

@@ -8,7 +8,8 @@ use std::{collections::VecDeque, net::IpAddr, time::Instant};
 
 use hashlink::LinkedHashMap;
 use protocol::{
-    EventDetail, ExecId, Finding, FindingSummary, Outcome, Process, Severity, TransportProtocol,
+    CloseEvent, ClosedConnection, Event, EventDetail, ExecId, Finding, FindingSummary, Outcome,
+    Process, Severity, Timestamp, TransportProtocol,
 };
 
 use crate::{process::ProcessTable, resources::ResourceSample};
@@ -25,7 +26,20 @@ pub struct Connection {
     pub port: u16,
     pub protocol: TransportProtocol,
     pub outcome: Outcome,
+    /// The local port, when the outcome told it (TCP).
+    pub source_port: Option<u16>,
     pub at: Instant,
+    /// Set when the connection closed (TCP).
+    pub closed: Option<ClosedConnection>,
+}
+
+impl Connection {
+    /// An established TCP connection not seen closing.
+    pub fn is_open(&self) -> bool {
+        self.protocol == TransportProtocol::Tcp
+            && self.outcome == Outcome::Ok
+            && self.closed.is_none()
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -96,17 +110,23 @@ impl Activity {
             .expect("the entry was just made")
     }
 
-    /// Takes in a connect event (an outcome that arrives late updates the attempt it ends).
-    pub fn observe(&mut self, process: &Process, detail: &EventDetail) {
-        let EventDetail::Connect(c) = detail else {
-            return;
+    /// Takes in a connect event (an outcome that arrives late updates the attempt it ends)
+    /// or a close (which ends the open connection it names).
+    pub fn observe(&mut self, event: &Event) {
+        let process = &event.process;
+        let c = match &event.detail {
+            EventDetail::Connect(c) => c,
+            EventDetail::Close(close) => return self.closed(process, close, event.time),
+            _ => return,
         };
         let connection = Connection {
             ip: c.destination_ip,
             port: c.destination_port,
             protocol: c.protocol,
             outcome: c.outcome,
+            source_port: c.source_port,
             at: Instant::now(),
+            closed: None,
         };
         let entry = self.entry(process.exec_id);
         if c.late_outcome {
@@ -116,6 +136,7 @@ impl Activity {
                         == (c.destination_ip, c.destination_port, c.protocol)
             }) {
                 pending.outcome = c.outcome;
+                pending.source_port = c.source_port;
                 return;
             }
         }
@@ -125,6 +146,24 @@ impl Activity {
         }
         entry.connections.push_back(connection);
         self.evicted.connections += u64::from(full);
+    }
+
+    fn closed(&mut self, process: &Process, close: &CloseEvent, at: Timestamp) {
+        let Some(entry) = self.by_exec.get_mut(&process.exec_id) else {
+            return;
+        };
+        let Some(connection) = entry.connections.iter_mut().rev().find(|k| {
+            k.is_open()
+                && (k.ip, k.port) == (close.destination_ip, close.destination_port)
+                && k.source_port.is_none_or(|p| p == close.source_port)
+        }) else {
+            return;
+        };
+        connection.closed = Some(ClosedConnection {
+            duration_ms: close.duration_until(at).as_millis() as u64,
+            bytes_sent: close.bytes_sent,
+            bytes_received: close.bytes_received,
+        });
     }
 
     /// Takes in a finding raised on a process.
@@ -191,6 +230,16 @@ mod tests {
         )
     }
 
+    fn event(process: &Process, detail: EventDetail) -> Event {
+        Event {
+            time: Timestamp::from_unix_nanos(5_000_000_000),
+            host: "h".into(),
+            process: process.clone(),
+            ancestry: vec![],
+            detail,
+        }
+    }
+
     fn connect(port: u16, outcome: Outcome, late: bool) -> EventDetail {
         EventDetail::Connect(ConnectEvent {
             family: SocketFamily::Ipv4,
@@ -210,19 +259,19 @@ mod tests {
     fn connections_are_bounded_per_process_and_late_outcomes_update_the_attempt() {
         let mut a = Activity::new(8);
         let p = process(10);
-        a.observe(&p, &connect(1, Outcome::Pending, false));
-        a.observe(&p, &connect(1, Outcome::Refused, true));
+        a.observe(&event(&p, connect(1, Outcome::Pending, false)));
+        a.observe(&event(&p, connect(1, Outcome::Refused, true)));
         let kept = &a.get(&p.exec_id).unwrap().connections;
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].outcome, Outcome::Refused);
         for port in 2..40 {
-            a.observe(&p, &connect(port, Outcome::Ok, false));
+            a.observe(&event(&p, connect(port, Outcome::Ok, false)));
         }
         let kept = &a.get(&p.exec_id).unwrap().connections;
         assert_eq!(kept.len(), MAX_CONNECTIONS);
         assert_eq!(kept.back().unwrap().port, 39, "the newest is kept");
         assert_eq!(a.evictions().connections, 39 - MAX_CONNECTIONS as u64);
-        a.observe(&p, &EventDetail::Fork(ForkEvent {}));
+        a.observe(&event(&p, EventDetail::Fork(ForkEvent {})));
         assert_eq!(
             a.get(&p.exec_id).unwrap().connections.len(),
             MAX_CONNECTIONS
@@ -233,15 +282,51 @@ mod tests {
     fn processes_are_bounded_least_recently_active_first() {
         let mut a = Activity::new(2);
         let (p1, p2, p3) = (process(1), process(2), process(3));
-        a.observe(&p1, &connect(1, Outcome::Ok, false));
-        a.observe(&p2, &connect(1, Outcome::Ok, false));
-        a.observe(&p1, &connect(2, Outcome::Ok, false));
-        a.observe(&p3, &connect(1, Outcome::Ok, false));
+        a.observe(&event(&p1, connect(1, Outcome::Ok, false)));
+        a.observe(&event(&p2, connect(1, Outcome::Ok, false)));
+        a.observe(&event(&p1, connect(2, Outcome::Ok, false)));
+        a.observe(&event(&p3, connect(1, Outcome::Ok, false)));
         assert!(a.get(&p2.exec_id).is_none(), "least recently active");
         assert!(a.get(&p1.exec_id).is_some() && a.get(&p3.exec_id).is_some());
         assert_eq!(a.evictions().processes, 1);
         let mut pids = a.watched_pids();
         pids.sort();
         assert_eq!(pids, [1, 3]);
+    }
+
+    #[test]
+    fn a_close_ends_the_open_connection_it_names() {
+        let mut a = Activity::new(8);
+        let p = process(10);
+        a.observe(&event(&p, connect(443, Outcome::Ok, false)));
+        a.observe(&event(&p, connect(443, Outcome::Ok, false)));
+        let close = |source_port| {
+            EventDetail::Close(CloseEvent {
+                protocol: TransportProtocol::Tcp,
+                destination_ip: "203.0.113.7".parse().unwrap(),
+                destination_port: 443,
+                source_port,
+                established: Timestamp::from_unix_nanos(3_000_000_000),
+                bytes_sent: 1234,
+                bytes_received: 5678,
+            })
+        };
+        a.observe(&event(&p, close(40000)));
+        let kept = &a.get(&p.exec_id).unwrap().connections;
+        assert!(kept[0].is_open(), "one close ends one connection");
+        assert_eq!(
+            kept[1].closed,
+            Some(ClosedConnection {
+                duration_ms: 2000,
+                bytes_sent: 1234,
+                bytes_received: 5678
+            }),
+            "the newest open one"
+        );
+        a.observe(&event(&p, close(40001)));
+        a.observe(&event(&p, close(40002)));
+        let kept = &a.get(&p.exec_id).unwrap().connections;
+        assert!(kept.iter().all(|c| !c.is_open()));
+        assert_eq!(kept.len(), 2, "a close adds no connection");
     }
 }

@@ -171,7 +171,8 @@ fn state(
                 protocol: c.protocol,
                 outcome: c.outcome,
                 age_secs: c.at.elapsed().as_secs(),
-                open: false,
+                open: c.is_open(),
+                closed: c.closed,
             })
             .collect(),
         findings: activity
@@ -253,9 +254,12 @@ mod tests {
         ]);
         let mut activity = Activity::new(16);
         let beacon = table.get(21).unwrap().clone();
-        activity.observe(
-            &beacon,
-            &EventDetail::Connect(ConnectEvent {
+        activity.observe(&Event {
+            time: Timestamp::now(),
+            host: "h".into(),
+            process: beacon,
+            ancestry: vec![],
+            detail: EventDetail::Connect(ConnectEvent {
                 family: SocketFamily::Ipv4,
                 protocol: TransportProtocol::Tcp,
                 destination_ip: "203.0.113.7".parse().unwrap(),
@@ -267,7 +271,7 @@ mod tests {
                 hook: ConnectHook::Connect,
                 late_outcome: false,
             }),
-        );
+        });
         let perl = table.get(30).unwrap().clone();
         activity.finding(&finding(&perl, Severity::Critical));
         let heuristics = Heuristics::new(
