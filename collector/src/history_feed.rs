@@ -135,4 +135,7 @@ pub fn heartbeat_counters(
     );
     evicted.insert("history_udp_flows".into(), stats.udp_flows_evicted);
     evicted.insert("baseline_untracked".into(), stats.baseline.untracked);
+    for (table, rows) in &stats.store.deleted {
+        evicted.insert(format!("history_deleted_{table}"), *rows);
+    }
 }

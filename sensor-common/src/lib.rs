@@ -272,9 +272,10 @@ pub struct TcpCloseRecord {
     pub sock: u64,
     /// When it was established (`bpf_ktime_get_boot_ns`).
     pub established_ns: u64,
-    /// `tcp_sock.bytes_acked`: payload bytes sent and acknowledged by the peer.
+    /// Payload bytes sent and acknowledged by the peer (`tcp_sock.bytes_acked` less the
+    /// sequence numbers of the SYN and of an acknowledged FIN).
     pub bytes_acked: u64,
-    /// `tcp_sock.bytes_received`: payload bytes received.
+    /// Payload bytes received (`tcp_sock.bytes_received` less a received FIN).
     pub bytes_received: u64,
     /// The process that connected (the close may run in another's context), and its start
     /// (`task_struct.start_boottime` of its leader): together they name it after it exited.
@@ -380,6 +381,9 @@ pub struct KernelOffsets {
     pub sock_sk_err: u32,
     pub tcp_bytes_acked: u32,
     pub tcp_bytes_received: u32,
+    pub tcp_snd_una: u32,
+    pub tcp_write_seq: u32,
+    pub sock_sk_flags: u32,
     // tracepoint record offsets (from tracefs format files)
     pub tp_exec_filename: u32,
     pub tp_exit_group_dead: u32,

@@ -25,7 +25,13 @@ const SOCK_DGRAM: u32 = 2;
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_SYN_SENT: u32 = 2;
+const TCP_FIN_WAIT1: u32 = 4;
+const TCP_FIN_WAIT2: u32 = 5;
 const TCP_CLOSE: u32 = 7;
+const TCP_LAST_ACK: u32 = 9;
+const TCP_CLOSING: u32 = 11;
+/// `enum sock_flags`: set by `tcp_fin` when the peer's FIN arrives, and by nothing else in TCP.
+const SOCK_DONE: u64 = 1;
 
 /// Allow the operation.
 const ALLOW: i32 = 1;
@@ -264,7 +270,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         let new: u32 = ctx.read_at(offset!(tp_sk_state_newstate)).unwrap_or(0);
         let sock: u64 = ctx.read_at(offset!(tp_sk_state_skaddr)).unwrap_or(0);
         if new == TCP_CLOSE && old != TCP_SYN_SENT {
-            closed(&ctx, sock);
+            closed(&ctx, sock, old);
             return 0;
         }
         if old != TCP_SYN_SENT || (new != TCP_ESTABLISHED && new != TCP_CLOSE) {
@@ -325,7 +331,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 /// An established connection we followed reached TCP_CLOSE: its lifetime and bytes.
 #[inline(always)]
-unsafe fn closed(ctx: &TracePointContext, sock: u64) {
+unsafe fn closed(ctx: &TracePointContext, sock: u64, old: u32) {
     let Some(open) = TCP_OPEN.get_ptr(&sock) else {
         return;
     };
@@ -341,6 +347,20 @@ unsafe fn closed(ctx: &TracePointContext, sock: u64) {
             .read_at(offset!(tp_sk_state_daddr_v6))
             .unwrap_or([0; 16]);
     }
+    // The kernel's counters move with sequence numbers: the SYN counts one in `bytes_acked`,
+    // so does our FIN once acknowledged (we sent one in these states; all we sent is acked
+    // when snd_una reached write_seq), and the peer's FIN one in `bytes_received`.
+    let base = sock as *const u8;
+    let fin_acked = matches!(
+        old,
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING | TCP_LAST_ACK
+    ) && read::<u32>(base, offset!(tcp_snd_una))
+        == read::<u32>(base, offset!(tcp_write_seq));
+    let fin_received = read::<u64>(base, offset!(sock_sk_flags)) & (1 << SOCK_DONE) != 0;
+    let bytes_acked =
+        read::<u64>(base, offset!(tcp_bytes_acked)).saturating_sub(1 + u64::from(fin_acked));
+    let bytes_received =
+        read::<u64>(base, offset!(tcp_bytes_received)).saturating_sub(u64::from(fin_received));
     let pid_tgid = bpf_get_current_pid_tgid();
     let rec = TcpCloseRecord {
         header: RecordHeader {
@@ -352,8 +372,8 @@ unsafe fn closed(ctx: &TracePointContext, sock: u64) {
         },
         sock,
         established_ns: open.established_ns,
-        bytes_acked: read::<u64>(sock as *const u8, offset!(tcp_bytes_acked)),
-        bytes_received: read::<u64>(sock as *const u8, offset!(tcp_bytes_received)),
+        bytes_acked,
+        bytes_received,
         owner_start_boottime: open.owner_start_boottime,
         owner_pid: open.owner_pid,
         family,

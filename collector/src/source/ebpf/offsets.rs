@@ -62,6 +62,10 @@ pub fn resolve(btf_path: &Path, tracefs: &Path) -> Result<KernelOffsets, Offsets
         sock_sk_err: m("sock", "sk_err")?,
         tcp_bytes_acked: m("tcp_sock", "bytes_acked")?,
         tcp_bytes_received: m("tcp_sock", "bytes_received")?,
+        tcp_snd_una: m("tcp_sock", "snd_una")?,
+        tcp_write_seq: m("tcp_sock", "write_seq")?,
+        // `sk_flags` is a macro for `__sk_common.skc_flags`.
+        sock_sk_flags: m("sock", "__sk_common")? + m("sock_common", "skc_flags")?,
         tp_exec_filename: exec.offset("filename")?,
         tp_exit_group_dead: exit.offset("group_dead")?,
         tp_sys_exit_ret: sys_exit.offset("ret")?,
