@@ -147,7 +147,7 @@ impl From<ActionError> for Outcome {
 /// A command handled now, or an action to finish off the command loop.
 pub enum Handled {
     Done(CommandResult),
-    Later(LongAction),
+    Later(Box<LongAction>),
 }
 
 /// An action that takes long (a dump, a quarantine): run on the blocking pool, then
@@ -466,13 +466,13 @@ impl Actuator {
                 );
                 Handled::Done(result)
             }
-            Step::Later(job) => Handled::Later(LongAction {
+            Step::Later(job) => Handled::Later(Box::new(LongAction {
                 command,
                 job,
                 audit: self.audit.clone(),
                 host: self.host.clone(),
                 exe,
-            }),
+            })),
         }
     }
 

@@ -68,6 +68,8 @@ impl Resolver {
 
     /// Holds `event` until `pid` is read (asking for the read if it is the first event about
     /// it). Gives the event back when it cannot wait: the caller handles it now.
+    // The event goes back as it came: boxing it would cost an allocation per parked event.
+    #[allow(clippy::result_large_err)]
     pub fn park(&mut self, pid: u32, event: SensorEvent) -> Result<(), SensorEvent> {
         if self.parked_events >= MAX_PARKED {
             self.overflow += 1;
