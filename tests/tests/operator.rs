@@ -225,7 +225,7 @@ async fn ps_prints_a_bounded_table_and_json() {
     let host = collector.host.clone();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let tag = marker("ps");
-    let child = beacon(&env, &tag, listener.local_addr().unwrap().port());
+    let mut child = beacon(&env, &tag, listener.local_addr().unwrap().port());
     let finding = collector
         .wait_finding("script engine network", |f| {
             f.process.pid == child.id() && f.rule_id == NETWORK_RULE
@@ -280,6 +280,8 @@ async fn ps_prints_a_bounded_table_and_json() {
         process["connections"][0]["destination_port"],
         listener.local_addr().unwrap().port()
     );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Must-show 3: `osprey block 127.0.0.2:PORT --ttl 5s` denies a connect; `osprey unblock`

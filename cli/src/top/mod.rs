@@ -78,10 +78,6 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
     let quit = Arc::new(AtomicBool::new(false));
     watch_signals(quit.clone());
 
-    // What the trail on this machine already says (pending approvals, past actions).
-    for r in audit::read_files(&[]).unwrap_or_default() {
-        feed.send(Update::Audit(Box::new(r)));
-    }
     spawn_intake(&client, &feed).await?;
     let (requests, requests_rx) = mpsc::unbounded_channel();
     tokio::spawn(serve_requests(
@@ -91,7 +87,12 @@ pub async fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
         feed.clone(),
     ));
 
-    let app = App::new(args.host.clone(), key.map(|_| ()));
+    let mut app = App::new(args.host.clone(), key.map(|_| ()));
+    // What the trail on this machine already says (pending approvals, past actions).
+    let now = Instant::now();
+    for r in audit::read_files(&[]).unwrap_or_default() {
+        app.apply(Update::Audit(Box::new(r)), now);
+    }
     let refresh = Duration::from_secs(args.refresh_secs.max(1));
     let stats = tokio::task::spawn_blocking(move || {
         ui_loop(app, updates, requests, skipped, quit, refresh)
@@ -133,6 +134,11 @@ fn watch_signals(quit: Arc<AtomicBool>) {
             _ = hup.recv() => {}
         }
         quit.store(true, Ordering::SeqCst);
+        // The drawing loop quits within a frame; a terminal that hung up can leave it stuck
+        // in a read, so the process ends anyway.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ratatui::restore();
+        std::process::exit(0);
     });
     #[cfg(not(unix))]
     let _ = quit;

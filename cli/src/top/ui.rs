@@ -70,7 +70,7 @@ impl Theme {
     }
 }
 
-fn block<'a>(title: String, focused: bool, theme: &Theme) -> Block<'a> {
+fn block(title: String, focused: bool, theme: &Theme) -> Block<'static> {
     Block::default()
         .borders(Borders::ALL)
         .border_style(theme.border(focused))

@@ -259,7 +259,7 @@ mod tests {
         let q = dir.path().join("q");
         let (file, rec) = quarantined(dir.path(), "tool");
         assert!(!file.exists());
-        assert_eq!(records(&q).unwrap(), [rec.clone()]);
+        assert_eq!(records(&q).unwrap(), std::slice::from_ref(&rec));
         let back = release(&q, &rec.id).unwrap();
         assert_eq!(back.original_path, file.to_str().unwrap());
         assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o7777, 0o751);

@@ -25,13 +25,15 @@ impl ScriptEngines {
     /// Whether the file name `name` (no directory) is a script engine: `python3.11` matches
     /// `python*`, `pythonista` does not.
     pub fn matches(&self, name: &str) -> bool {
-        let lower = name.to_ascii_lowercase();
-        self.exact.contains(&lower)
+        // No lowercase copy: this runs for every event and every process a query lists.
+        self.exact.iter().any(|e| e.eq_ignore_ascii_case(name))
             || self.prefixes.iter().any(|pre| {
-                lower.strip_prefix(pre.as_str()).is_some_and(|rest| {
-                    rest.is_empty()
-                        || rest.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-')
-                })
+                name.get(..pre.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(pre))
+                    && name[pre.len()..]
+                        .chars()
+                        .next()
+                        .is_none_or(|c| c.is_ascii_digit() || c == '.' || c == '-')
             })
     }
 }

@@ -59,12 +59,13 @@ impl Heuristics {
 
     /// The heuristics' risk classes for a live process, as host state queries show them: its
     /// script engine connected to a non-local destination (the first of `destinations`
-    /// that is), or runs with no terminal anywhere in its ancestry (`has_terminal`). Each
-    /// class with the severity `settings` give it, and one short reason.
+    /// that is), or runs with no terminal anywhere in its ancestry (`has_terminal`, asked
+    /// only of script engines: it walks the ancestry). Each class with the severity
+    /// `settings` give it, and one short reason.
     pub fn classify(
         &self,
         p: &Process,
-        has_terminal: bool,
+        has_terminal: impl FnOnce() -> bool,
         mut destinations: impl Iterator<Item = (IpAddr, u16, TransportProtocol)>,
         settings: &Settings,
         out: &mut Vec<(Severity, String)>,
@@ -89,7 +90,7 @@ impl Heuristics {
                 ));
             }
         }
-        if background.enabled && !has_terminal {
+        if background.enabled && !has_terminal() {
             out.push((
                 background.severity,
                 format!("script engine {engine} running with no terminal in its ancestry"),
@@ -300,7 +301,7 @@ mod tests {
             let mut out = Vec::new();
             h.classify(
                 &p,
-                tty,
+                || tty,
                 dests
                     .iter()
                     .map(|d| (d.parse().unwrap(), 443, TransportProtocol::Tcp)),

@@ -112,12 +112,12 @@ fn contains_text(p: &protocol::Process, needle: &str) -> bool {
 /// The heuristics' classes and the findings' highest severity.
 fn risk(s: &Sources, p: &protocol::Process) -> Risk {
     let activity = s.activity.get(&p.exec_id);
-    let has_terminal = p.tty.is_some() || s.table.ancestors(p).any(|a| a.tty.is_some());
     let mut classes = Vec::new();
     let destinations = activity
         .into_iter()
         .flat_map(|a| a.connections.iter().rev())
         .map(|c| (c.ip, c.port, c.protocol));
+    let has_terminal = || p.tty.is_some() || s.table.ancestors(p).any(|a| a.tty.is_some());
     s.heuristics
         .classify(p, has_terminal, destinations, s.settings, &mut classes);
     if let Some(a) = activity {

@@ -319,7 +319,7 @@ async fn console(collector: &Collector, nats: &NatsServer, port: u16, tck: f64) 
         .await;
     let top = term.program_pid("osprey").expect("osprey top runs");
     // Paced connects to a listener of the same child, CONSOLE_EVENTS_PER_SEC a second.
-    let load = Command::new("/usr/bin/python3")
+    let mut load = Command::new("/usr/bin/python3")
         .args([
             "-c",
             &format!(
@@ -357,7 +357,6 @@ async fn console(collector: &Collector, nats: &NatsServer, port: u16, tck: f64) 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cpu = (cpu_ticks(top) - cpu0) as f64 / tck / t0.elapsed().as_secs_f64() * 100.0;
     let rate = collector.last_heartbeat().map_or(0.0, |h| h.events_per_sec);
-    let mut load = load;
     let _ = load.wait();
     term.keys(&["Escape"]);
     let mut summary = serde_json::Value::Null;
