@@ -1,5 +1,6 @@
 //! `osprey`: the operator's command line for Osprey.
 
+mod creds;
 mod render;
 mod respond;
 mod rules;
@@ -38,6 +39,9 @@ enum Command {
     /// Quarantined files on this host: `list`, `restore ID`.
     #[command(subcommand)]
     Quarantine(respond::QuarantineCommand),
+    /// NATS credentials (NKeys) for hosts, the responder and operators, and the server's
+    /// users.conf: `osprey creds host NAME`.
+    Creds(creds::CredsArgs),
 }
 
 #[tokio::main]
@@ -62,5 +66,6 @@ async fn main() -> anyhow::Result<ExitCode> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Quarantine(command) => respond::quarantine(command).map(|()| ExitCode::SUCCESS),
+        Command::Creds(args) => creds::run(args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -30,6 +30,10 @@ pub struct ApprovalArgs {
     pub key: PathBuf,
     #[arg(long, env = "OSPREY_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats: String,
+    /// NATS credentials: the operator's NKey seed (`osprey creds operator NAME`) or a .creds
+    /// file.
+    #[arg(long, env = "OSPREY_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -92,7 +96,9 @@ pub async fn approval(args: ApprovalArgs, verdict: Verdict) -> anyhow::Result<()
         signature: None,
     };
     pair.sign(&mut approval);
-    let client = async_nats::connect(&args.nats)
+    let client = bus::options(bus::Role::Operator, args.creds.as_deref())?
+        .name("osprey-approve")
+        .connect(bus::servers(&args.nats))
         .await
         .with_context(|| format!("cannot connect to {}", args.nats))?;
     client

@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context as _;
 use async_nats::{
     jetstream::{self, consumer},
-    Client, ConnectOptions,
+    Client,
 };
 use futures::{stream::BoxStream, StreamExt};
 use protocol::{subject, Event, Finding};
@@ -29,7 +29,8 @@ pub struct TailArgs {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
-    /// NATS credentials file (.creds).
+    /// NATS credentials: an operator's NKey seed (`osprey creds operator NAME`) or a .creds
+    /// file.
     #[arg(long, env = "OSPREY_NATS_CREDS")]
     pub creds: Option<PathBuf>,
     /// Only this host (as named by the collector).
@@ -127,13 +128,7 @@ async fn connect(args: &TailArgs) -> anyhow::Result<Client> {
         !servers.is_empty(),
         "no NATS server address given (--nats is empty)"
     );
-    let mut options = ConnectOptions::new();
-    if let Some(creds) = &args.creds {
-        options = options
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
-    }
+    let options = bus::options(bus::Role::Operator, args.creds.as_deref())?;
     let url = args.nats_url.clone();
     tracing::info!(%url, "connecting to NATS");
     // Each failed attempt reports an error; the operator needs to hear it once per outage.

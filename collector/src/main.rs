@@ -176,17 +176,11 @@ async fn start_actuator(
             None
         }
     };
-    let mut options = async_nats::ConnectOptions::new()
+    let client = bus::options(bus::Role::Host(host), config.nats.credentials.as_deref())?
         .retry_on_initial_connect()
-        .name("osprey-actuator");
-    if let Some(creds) = &config.nats.credentials {
-        options = options
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
-    }
-    let client = options
-        .connect(url.as_str())
+        .max_reconnects(None)
+        .name(format!("osprey-actuator@{host}"))
+        .connect(bus::servers(&url))
         .await
         .context("actuator: cannot connect to NATS")?;
     let actuator = Actuator::new(
@@ -303,6 +297,7 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
             dir: config.spool.dir.clone(),
             max_bytes: config.spool.max_bytes,
             max_findings: config.spool.max_findings,
+            fsync: config.spool.fsync,
         },
     })
     .await

@@ -6,6 +6,7 @@
 //! audited — refusals included. Blocks, kill-on-exec entries and suspensions with a TTL are
 //! kept in a state file and undone on time by the actuator itself (see [`state`]).
 
+mod answered;
 mod audit;
 mod files;
 mod proc;
@@ -32,6 +33,7 @@ use protocol::{
 
 pub use self::safety::{nats_endpoints, Endpoint};
 use self::{
+    answered::{Answered, Seen},
     audit::AuditLog,
     safety::Protected,
     state::{Enforced, Entry, State, StateFile},
@@ -104,6 +106,8 @@ pub struct Actuator {
     recent: HashMap<&'static str, VecDeque<Instant>>,
     active_blocks: Arc<AtomicU64>,
     images: CurrentImages,
+    /// Answers by command id: a command re-sent with the same id is answered, not re-run.
+    answered: Answered,
 }
 
 impl Actuator {
@@ -151,6 +155,8 @@ impl Actuator {
             .load()
             .map_err(|e| anyhow::anyhow!("actuator state: {e}"))?;
         let audit = AuditLog::new(section.audit_file.clone(), client);
+        let answered = Answered::open(&section.state_dir)
+            .map_err(|e| anyhow::anyhow!("actuator state: {e}"))?;
         let mut actuator = Actuator {
             host: options.host,
             boot: options.boot,
@@ -164,6 +170,7 @@ impl Actuator {
             recent: HashMap::new(),
             active_blocks: options.active_blocks,
             images: options.images,
+            answered,
         };
         actuator
             .active_blocks
@@ -288,7 +295,14 @@ impl Actuator {
                 return result;
             }
         };
-        let outcome = self.handle_command(&command);
+        let outcome = match self.answered.seen(&command, &self.host, &self.trusted) {
+            Some(Seen::Answered(first)) => {
+                tracing::info!(command_id = %command.id, "actuator: command sent again; answering as the first time, not running it again");
+                return first;
+            }
+            Some(Seen::Conflict(reason)) => Outcome::refused(reason),
+            None => self.handle_command(&command),
+        };
         let result = CommandResult {
             command_id: command.id.clone(),
             host: self.host.clone(),
@@ -386,6 +400,12 @@ impl Actuator {
             ));
         }
         let outcome = self.execute(command);
+        self.answered.remember(
+            command,
+            outcome.status,
+            &outcome.reason,
+            outcome.output.as_deref(),
+        );
         if outcome.status == CommandStatus::Ok {
             self.recent
                 .entry(name)
