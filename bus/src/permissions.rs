@@ -52,7 +52,7 @@ pub fn host(host: &str) -> Permissions {
 
 /// The responder: reads findings through its durable consumer (and creates the stream and
 /// the consumer when missing), commands hosts, raises host-silent findings, audits, follows
-/// heartbeats, hosts' audit records (late command answers) and approvals.
+/// heartbeats, hosts' audit records (late command answers) and approvals (which it answers).
 pub fn responder() -> Permissions {
     let stream = subject::FINDINGS_STREAM;
     let consumer = RESPONDER_CONSUMER;
@@ -80,7 +80,8 @@ pub fn responder() -> Permissions {
             subject::APPROVALS.to_string(),
             format!("{}.>", crate::Role::Responder.inbox_prefix()),
         ],
-        allow_responses: false,
+        // It answers approvals with what became of them.
+        allow_responses: true,
     }
 }
 

@@ -34,6 +34,9 @@ pub struct ApprovalArgs {
     /// file.
     #[arg(long, env = "OSPREY_NATS_CREDS")]
     pub creds: Option<PathBuf>,
+    /// Seconds to wait for a responder to listen (e.g. while it restarts).
+    #[arg(long, default_value_t = 10)]
+    pub wait_secs: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -101,15 +104,39 @@ pub async fn approval(args: ApprovalArgs, verdict: Verdict) -> anyhow::Result<()
         .connect(bus::servers(&args.nats))
         .await
         .with_context(|| format!("cannot connect to {}", args.nats))?;
-    client
-        .publish(
+    let payload = protocol::encode(&approval)?;
+    // The responder answers with what became of the approval. Nobody listening yet (a
+    // responder starting) is worth waiting for; no answer is not: the approval may have been
+    // taken, and sending it again would be refused as a replay.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.wait_secs);
+    let reply = loop {
+        let request = client.send_request(
             protocol::subject::APPROVALS,
-            protocol::encode(&approval)?.into(),
-        )
-        .await
-        .context("cannot publish the approval")?;
-    client.flush().await.context("cannot flush")?;
-    println!("{:?} sent for {}", verdict, args.id);
+            async_nats::Request::new()
+                .payload(payload.clone().into())
+                .timeout(Some(std::time::Duration::from_secs(10))),
+        );
+        match request.await {
+            Ok(reply) => break reply,
+            Err(e)
+                if e.kind() == async_nats::client::RequestErrorKind::NoResponders
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                anyhow::bail!("no responder listens on {} (is osprey-responder running?)", protocol::subject::APPROVALS)
+            }
+            Err(e) => anyhow::bail!(
+                "no answer from the responder ({e}): the {verdict:?} may or may not have been taken; see its audit trail"
+            ),
+        }
+    };
+    let answer = String::from_utf8_lossy(&reply.payload);
+    println!("{}: {answer}", args.id);
+    if !(answer.starts_with("approved:") || answer.starts_with("denied:")) {
+        anyhow::bail!("the responder did not carry it out");
+    }
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! kills itself with SIGKILL the first time it reaches the point `<name>` — as abruptly as a
 //! crash or an OOM kill, with no chance to clean up. Points:
 //!
-//! - `decided`: a decision is committed to the journal, nothing of it carried out yet;
+//! - `decided`: a decision to send a command is committed to the journal, nothing of it
+//!   carried out yet;
 //! - `sent`: a command was sent and answered, the answer not yet audited.
 //!
 //! Unset (always, outside tests) this costs one cached environment lookup.

@@ -138,7 +138,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     tracing::warn!("cannot ack a finding (it will be redelivered and skipped): {e}");
                 }
             }
-            Some(msg) = approvals.next() => responder.handle_approval(&msg.payload).await,
+            Some(msg) = approvals.next() => {
+                let outcome = responder.handle_approval(&msg.payload).await;
+                if let Some(reply) = msg.reply {
+                    if let Err(e) = client.publish(reply, outcome.into()).await {
+                        tracing::warn!("cannot answer an approval: {e}");
+                    }
+                }
+            }
             Some(msg) = heartbeats.next() => {
                 // The subject says which host is alive; the payload must only be a heartbeat.
                 match (subject::subject_host_token(&msg.subject), protocol::decode::<Heartbeat>(&msg.payload)) {

@@ -377,7 +377,12 @@ impl Responder {
     async fn commit_and_run(&mut self, decision: journal::Decision) {
         match self.journal.commit(decision) {
             Ok(effects) => {
-                failpoint::reached("decided");
+                if effects
+                    .iter()
+                    .any(|(_, e)| matches!(e, Effect::Send { .. }))
+                {
+                    failpoint::reached("decided");
+                }
                 self.run(effects).await;
             }
             Err(e) => tracing::error!(
@@ -637,23 +642,24 @@ impl Responder {
         self.audit.record(r).await;
     }
 
-    /// An operator's approval or denial of a pending action.
-    pub async fn handle_approval(&mut self, payload: &[u8]) {
+    /// An operator's approval or denial of a pending action; returns what became of it, in
+    /// one sentence (the reply `osprey approve` prints).
+    pub async fn handle_approval(&mut self, payload: &[u8]) -> String {
         let approval: Approval = match protocol::decode(payload) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!("ignoring a malformed approval: {e}");
-                return;
+                return format!("refused: not an approval: {e}");
             }
         };
         if let Err(e) = signing::verify(&approval, &self.operators) {
             tracing::warn!(pending = %approval.pending_id, "ignoring an approval: {e}");
-            return;
+            return format!("refused: {e} (is the key in the responder's operator_keys?)");
         }
         let age = Timestamp::now().unix_nanos() - approval.issued_at.unix_nanos();
         if age.abs() > 300 * 1_000_000_000 || self.approval_nonces.contains(&approval.nonce) {
             tracing::warn!(pending = %approval.pending_id, "ignoring a stale or replayed approval");
-            return;
+            return "refused: a stale or replayed approval".to_string();
         }
         self.approval_nonces.push_back(approval.nonce.clone());
         if self.approval_nonces.len() > 10_000 {
@@ -661,7 +667,10 @@ impl Responder {
         }
         let Some(pending) = self.journal.pending().get(&approval.pending_id).cloned() else {
             tracing::warn!(pending = %approval.pending_id, "no such pending action (handled, expired or unknown)");
-            return;
+            return format!(
+                "no action {} awaits approval (handled, expired or unknown)",
+                approval.pending_id
+            );
         };
         let p = pending.planned;
         let operator = approval.key_id.clone();
@@ -674,8 +683,10 @@ impl Responder {
             r.actor.key_id = Some(operator.clone());
             Self::audit_effect(r)
         };
+        let outcome;
         match approval.verdict {
             Verdict::Deny => {
+                outcome = format!("denied: {} not sent", action_name(p.kind));
                 let r = self.record(
                     &p,
                     Decision::Denied,
@@ -687,6 +698,7 @@ impl Responder {
             }
             Verdict::Approve => match self.rate_limit(&p) {
                 Err(why) => {
+                    outcome = format!("approved, but not sent: {why}");
                     let r = self.record(
                         &p,
                         Decision::RateLimited,
@@ -697,6 +709,11 @@ impl Responder {
                     decision.effects.push(with_operator(r));
                 }
                 Ok(()) => {
+                    outcome = format!(
+                        "approved: {} sent to host {} (its outcome is in the audit trail)",
+                        action_name(p.kind),
+                        p.finding.host
+                    );
                     let r = self.record(
                         &p,
                         Decision::Approved,
@@ -715,6 +732,7 @@ impl Responder {
             },
         }
         self.commit_and_run(decision).await;
+        outcome
     }
 
     /// Expires pending actions whose approval did not come in time (also those whose time

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod collector;
+pub mod deployed;
 pub mod nats;
 pub mod responder;
 pub mod workload;

@@ -2,9 +2,11 @@
 //! the same id — the responder retrying after a crash or a timeout, re-signed with a fresh
 //! nonce and time — gets the first answer back and is not executed a second time.
 //!
-//! Kept in `<state_dir>/answered.jsonl` (one line per answer, synced), so a collector restart
-//! does not reopen the window; answers older than [`KEEP`] or beyond [`CAPACITY`] are
-//! forgotten, oldest first.
+//! Kept in `<state_dir>/answered.jsonl` (one line per answer), so a collector restart does not
+//! reopen the window; answers older than [`KEEP`] or beyond [`CAPACITY`] are forgotten, oldest
+//! first. Lines are written, not synced: a crashed or killed collector keeps what it wrote,
+//! and a power loss means a reboot, after which a process command names an `ExecId` of the
+//! previous boot and is refused anyway.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -24,6 +26,9 @@ const CAPACITY: usize = 10_000;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Answer {
     action: Action,
+    /// The nonce it first came with: an identical copy is a replay, refused as such by the
+    /// nonce check, not answered from here.
+    nonce: String,
     result: CommandResult,
 }
 
@@ -115,6 +120,7 @@ impl Answered {
         }
         let answer = Answer {
             action: command.action.clone(),
+            nonce: command.nonce.clone(),
             result: CommandResult {
                 command_id: command.id.clone(),
                 host: command.host.clone(),
@@ -135,10 +141,7 @@ impl Answered {
             .create(true)
             .append(true)
             .open(&self.path)
-            .and_then(|mut f| {
-                f.write_all(format!("{line}\n").as_bytes())?;
-                f.sync_data()
-            });
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
         if let Err(e) = written {
             tracing::error!(path = %self.path.display(), "actuator: cannot record an answered command (a re-send after a restart would run again): {e}");
         }
@@ -244,8 +247,9 @@ mod tests {
             answered.seen(&command(&key, "c1", 11), "h", &trusted),
             Some(Seen::Conflict(_))
         ));
-        // Not for another host, an unknown signer or an unsigned copy.
+        // Not for another host, an unknown signer, an unsigned or an identical copy.
         assert!(answered.seen(&again, "g", &trusted).is_none());
+        assert!(answered.seen(&first, "h", &trusted).is_none());
         let stranger = KeyPair::generate().unwrap();
         assert!(answered
             .seen(&command(&stranger, "c1", 10), "h", &trusted)
