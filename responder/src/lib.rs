@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod config;
 pub mod failpoint;
+pub mod intake;
 pub mod journal;
 pub mod notify;
 pub mod policy;

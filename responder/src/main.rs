@@ -3,12 +3,14 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream;
 use bus::{FindingsStream, IfMissing};
 use clap::Parser;
 use futures::StreamExt;
 use protocol::{signing::KeyPair, subject, AuditRecord, Finding, Heartbeat};
-use responder::{config::ResponderConfig, policy::ResponsePolicy, responder::Responder};
+use responder::{
+    config::ResponderConfig, intake::Intake, policy::ResponsePolicy, responder::Responder,
+};
 
 /// Osprey's response service: findings → response policy → safety controls → signed
 /// commands to the hosts, every decision audited.
@@ -79,24 +81,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             subject::FINDINGS_STREAM
         );
     }
-    let consumer = stream
-        .get_or_create_consumer(
-            &config.consumer,
-            pull::Config {
-                durable_name: Some(config.consumer.clone()),
-                filter_subject: subject::FINDINGS_WILDCARD.to_string(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ack_wait: Duration::from_secs(60),
-                ..Default::default()
-            },
-        )
-        .await
-        .context("cannot create the durable consumer")?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .context("cannot read from the durable consumer")?;
+    let mut intake = Intake::open(&stream, &config.consumer).await?;
     let mut approvals = client
         .subscribe(subject::APPROVALS)
         .await
@@ -120,15 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            msg = messages.next() => {
-                let Some(msg) = msg else { anyhow::bail!("the findings consumer ended") };
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!("findings consumer: {e}");
-                        continue;
-                    }
-                };
+            msg = intake.next() => {
                 let host = subject::subject_host_token(&msg.subject).unwrap_or("").to_string();
                 match protocol::decode::<Finding>(&msg.payload) {
                     Ok(f) => responder.handle_finding(&host, f).await,

@@ -233,3 +233,74 @@ pub async fn wait_stream(client: &async_nats::Client) -> async_nats::jetstream::
     }
     panic!("stream OSPREY_FINDINGS was not created within 30 s");
 }
+
+/// A finding as the stream holds it.
+pub struct Stored {
+    pub subject: String,
+    pub finding: protocol::Finding,
+    /// When the stream stored it (Unix nanoseconds).
+    pub stored_at: i128,
+}
+
+/// Every finding stored on subjects matching `filter`, in stream order (read through an
+/// ordered consumer, as an operator may).
+pub async fn stored_findings(client: &async_nats::Client, filter: &str) -> Vec<Stored> {
+    use futures::StreamExt;
+    let stream = wait_stream(client).await;
+    // A cluster that just lost a node may take a few seconds to place a new consumer.
+    let mut attempts = 0;
+    let consumer = loop {
+        let created = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: filter.to_string(),
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(consumer) => break consumer,
+            Err(e) if attempts < 10 => {
+                attempts += 1;
+                eprintln!("creating a reader of the findings stream: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("cannot create a reader of the findings stream: {e}"),
+        }
+    };
+    let mut messages = consumer.messages().await.expect("read the findings stream");
+    let mut out = Vec::new();
+    // The stream is read to its end: nothing more within a second.
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_secs(1), messages.next()).await
+    {
+        let message = message.expect("a stored finding");
+        let stored_at = message
+            .info()
+            .expect("stream metadata")
+            .published
+            .unix_timestamp_nanos();
+        out.push(Stored {
+            subject: message.subject.to_string(),
+            finding: protocol::decode(&message.payload).expect("a finding"),
+            stored_at,
+        });
+    }
+    out
+}
+
+/// The number in the first argument of a finding's process (`program N`).
+pub fn index_of(finding: &protocol::Finding) -> Option<usize> {
+    finding.process.argv.get(1)?.parse().ok()
+}
+
+/// Runs `program i` for each `i` in `range`, one after the other, in `cgroup`.
+pub fn run_each(cgroup: &TestCgroup, program: &Path, range: std::ops::Range<usize>) {
+    for i in range {
+        let status = cgroup
+            .enter(std::process::Command::new(program).arg(i.to_string()))
+            .stdin(std::process::Stdio::null())
+            .status()
+            .expect("run the program");
+        assert!(status.success(), "{} {i}: {status}", program.display());
+    }
+}

@@ -193,6 +193,23 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server's process (SIGSTOP) until [`NatsServer::resume`]: a server too busy
+    /// to read, as far as its clients can tell.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     fn log_path(&self) -> PathBuf {
         self.root.join("nats-server.log")
     }
@@ -231,6 +248,7 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        self.resume();
         self.kill();
         let _ = fs::remove_dir_all(&self.root);
     }

@@ -127,6 +127,20 @@ enum DeliveryError {
     Publish(#[from] jetstream::context::PublishError),
 }
 
+impl DeliveryError {
+    fn stream_may_be_gone(&self) -> bool {
+        use jetstream::context::PublishErrorKind;
+        match self {
+            DeliveryError::NotConnected => false,
+            DeliveryError::Stream(_) => true,
+            DeliveryError::Publish(e) => !matches!(
+                e.kind(),
+                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+            ),
+        }
+    }
+}
+
 const WARN_AFTER_FAILURES: u32 = 2;
 /// Findings published before their acks are awaited. A batch goes out back to back and its
 /// acks are awaited together; the next batch waits for them, so a failure is retried before
@@ -206,9 +220,12 @@ impl FindingSender {
                     backoff.reset();
                 }
                 Some(error) => {
-                    // Any failure may mean the stream was deleted or never created: look it up
-                    // again before the next attempt.
-                    stream_ready = false;
+                    // No stream answering may mean it was deleted: look it up again before the
+                    // next attempt. A timeout (a leader election in a cluster, a slow server)
+                    // does not: another lookup would only wait as long again.
+                    if error.stream_may_be_gone() {
+                        stream_ready = false;
+                    }
                     if outcome.delivered > 0 {
                         failures = 0;
                         backoff.reset();
