@@ -259,7 +259,7 @@ pub async fn stored_findings(client: &async_nats::Client, filter: &str) -> Vec<S
             .await;
         match created {
             Ok(consumer) => break consumer,
-            Err(e) if attempts < 10 => {
+            Err(e) if attempts < 30 => {
                 attempts += 1;
                 eprintln!("creating a reader of the findings stream: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

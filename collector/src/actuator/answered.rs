@@ -85,8 +85,10 @@ impl Answered {
         Ok(answered)
     }
 
-    /// What is known of `command`'s id. Only a command this host would obey (its own, signed
-    /// by a trusted key) gets an earlier answer: a forged re-send learns nothing.
+    /// What is known of `command`'s id. Only a command sent again — re-signed, with a nonce
+    /// of its own — that this host would obey (its own, signed by a trusted key) gets the
+    /// earlier answer: a forged re-send learns nothing, and an identical copy is left to the
+    /// replay check.
     pub fn seen(
         &self,
         command: &Command,
@@ -94,7 +96,10 @@ impl Answered {
         trusted: &[signing::PublicKey],
     ) -> Option<Seen> {
         let answer = self.answers.get(&command.id)?;
-        if command.host != host || signing::verify(command, trusted).is_err() {
+        if command.host != host
+            || answer.nonce == command.nonce
+            || signing::verify(command, trusted).is_err()
+        {
             return None;
         }
         if answer.action != command.action {

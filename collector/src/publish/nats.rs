@@ -36,7 +36,10 @@ pub struct NatsConfig {
 }
 
 impl NatsConfig {
-    pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Acks take milliseconds, even from a 3-node cluster; what times out is a publish that
+    /// went to a stream without a leader (an election takes seconds), so the retry after a
+    /// short wait is the one that lands.
+    pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
     pub fn new(url: impl Into<String>) -> Self {
         NatsConfig {
