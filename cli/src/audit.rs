@@ -16,7 +16,7 @@ use futures::{stream::BoxStream, StreamExt};
 use protocol::{subject, AuditRecord, Decision, Verdict};
 
 use crate::{
-    bus::{KeyArgs, NatsArgs},
+    operator::{KeyArgs, NatsArgs},
     render,
 };
 
@@ -77,6 +77,9 @@ pub struct ApprovalArgs {
     pub key: KeyArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
+    /// Seconds to wait for a responder to listen (e.g. while it restarts).
+    #[arg(long, default_value_t = 10)]
+    pub wait_secs: u64,
 }
 
 /// Records of `files` (or of the default files present), oldest first. A line that is not a
@@ -114,12 +117,9 @@ pub fn read_files(files: &[PathBuf]) -> anyhow::Result<Vec<AuditRecord>> {
 pub async fn subscribe(
     client: &async_nats::Client,
 ) -> anyhow::Result<BoxStream<'static, AuditRecord>> {
-    let mut streams = Vec::new();
-    for subject in [subject::AUDIT, subject::AUDIT_WILDCARD] {
-        streams.push(client.subscribe(subject).await?);
-    }
+    let records = client.subscribe(subject::AUDIT_WILDCARD).await?;
     client.flush().await?;
-    Ok(futures::stream::select_all(streams)
+    Ok(records
         .filter_map(|m| async move {
             match protocol::decode::<AuditRecord>(&m.payload) {
                 Ok(r) => Some(r),
@@ -160,8 +160,8 @@ pub fn line(r: &AuditRecord, colour: bool) -> String {
     let sgr = match r.decision {
         Decision::Executed | Decision::Approved => "\x1b[32m",
         Decision::Refused | Decision::Denied | Decision::Failed => "\x1b[31m",
-        Decision::AwaitingApproval | Decision::RateLimited => "\x1b[33m",
-        Decision::DryRun | Decision::RolledBack => "\x1b[2m",
+        Decision::AwaitingApproval | Decision::RateLimited | Decision::Unknown => "\x1b[33m",
+        Decision::DryRun | Decision::RolledBack | Decision::Expired => "\x1b[2m",
     };
     format!("{sgr}{text}{}", render::RESET)
 }
@@ -305,14 +305,24 @@ pub async fn approvals(args: ApprovalsArgs) -> anyhow::Result<ExitCode> {
 pub async fn approval(args: ApprovalArgs, verdict: Verdict) -> anyhow::Result<ExitCode> {
     let key = args.key.load()?;
     let client = args.nats.connect("osprey-approval", false).await?;
-    client::send_approval(
+    let answer = client::send_approval(
         &client,
-        &crate::bus::KeyArgs::operator(&key),
+        &crate::operator::KeyArgs::operator(&key),
         &args.id,
         verdict,
+        std::time::Duration::from_secs(args.wait_secs),
     )
-    .await?;
-    println!("{verdict:?} sent for {}", args.id);
+    .await
+    .map_err(|e| match e {
+        client::ClientError::Timeout { .. } => anyhow::anyhow!(
+            "no answer from the responder ({e}): the {verdict:?} may or may not have been taken; see its audit trail"
+        ),
+        e => e.into(),
+    })?;
+    println!("{}: {}", args.id, answer.text);
+    if !answer.carried_out() {
+        anyhow::bail!("the responder did not carry it out");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,7 +7,7 @@ use std::{process::ExitCode, time::Duration};
 
 use protocol::{Action, CommandResult, CommandStatus, ExecId};
 
-use crate::bus::{KeyArgs, NatsArgs};
+use crate::operator::{KeyArgs, NatsArgs};
 
 /// Where a command goes and how its answer is shown.
 #[derive(Debug, clap::Args)]
@@ -195,7 +195,7 @@ pub async fn quarantine(
 async fn send(common: &Common, action: Action) -> anyhow::Result<ExitCode> {
     let key = common.key.load()?;
     let client = common.nats.connect("osprey-operator", false).await?;
-    let result = crate::bus::command(&client, &key, &common.host, action).await?;
+    let result = crate::operator::command(&client, &key, &common.host, action).await?;
     if common.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {

@@ -2,9 +2,10 @@
 
 mod audit;
 mod baseline;
-mod bus;
 mod commands;
+mod creds;
 mod history;
+mod operator;
 mod ps;
 mod render;
 mod respond;
@@ -70,6 +71,9 @@ enum Command {
     /// This host's learned baselines: `status`, `show EXE`, `accept FINDING_ID`, `forget EXE`.
     #[command(subcommand)]
     Baseline(baseline::BaselineCommand),
+    /// NATS credentials (NKeys) for hosts, the responder and operators, and the server's
+    /// users.conf: `osprey creds host NAME`.
+    Creds(creds::CredsArgs),
 }
 
 #[tokio::main]
@@ -105,6 +109,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Keys(command) => respond::keys(command).map(|()| ExitCode::SUCCESS),
         Command::History(command) => history::run(command).map(|()| ExitCode::SUCCESS),
         Command::Baseline(command) => baseline::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Creds(args) => creds::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

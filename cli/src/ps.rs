@@ -7,7 +7,7 @@ use std::{
 
 use protocol::{ProcessFilter, ProcessState, Query, QueryKind, Severity, Snapshot, SortKey};
 
-use crate::{bus::NatsArgs, render};
+use crate::{operator::NatsArgs, render};
 
 #[derive(Debug, clap::Args)]
 pub struct PsArgs {
@@ -63,7 +63,10 @@ impl From<Sort> for SortKey {
 }
 
 pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
-    let host = args.host.clone().unwrap_or_else(crate::bus::local_host);
+    let host = args
+        .host
+        .clone()
+        .unwrap_or_else(crate::operator::local_host);
     let client = args.nats.connect("osprey-ps", false).await?;
     let query = Query {
         kind: QueryKind::Processes(ProcessFilter {

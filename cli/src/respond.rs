@@ -37,9 +37,9 @@ pub struct QuarantineArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub nats: crate::bus::NatsArgs,
+    pub nats: crate::operator::NatsArgs,
     #[command(flatten)]
-    pub key: crate::bus::KeyArgs,
+    pub key: crate::operator::KeyArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -18,7 +18,7 @@ use crate::render;
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
     #[command(flatten)]
-    pub nats: crate::bus::NatsArgs,
+    pub nats: crate::operator::NatsArgs,
     /// Only this host (as named by the collector).
     #[arg(long)]
     pub host: Option<String>,

@@ -27,11 +27,8 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot read the NATS credentials {path}: {source}")]
-    Credentials {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Credentials(#[from] bus::CredentialsError),
     #[error("invalid NATS server address {address:?}: {reason}")]
     Address { address: String, reason: String },
     #[error("cannot connect to NATS at {url}: {reason}")]
@@ -84,22 +81,16 @@ impl NatsTarget<'_> {
         Ok(servers)
     }
 
-    async fn options(&self, servers: &[ServerAddr]) -> Result<ConnectOptions, ClientError> {
-        let mut options = ConnectOptions::new().name(self.name);
+    /// An operator's options: its own reply inbox, its credentials (an NKey seed as
+    /// `osprey creds operator` writes it, or a `.creds` file), a URL's user and password.
+    fn options(&self, servers: &[ServerAddr]) -> Result<ConnectOptions, ClientError> {
+        let mut options = bus::options(bus::Role::Operator, self.credentials)?.name(self.name);
         // `nats://user:password@host`: the client library does not log in with a URL's user
         // by itself.
         if let Some(first) = servers.iter().find(|s| s.has_user_pass()) {
             if let (Some(user), Some(password)) = (first.username(), first.password()) {
                 options = options.user_and_password(user.to_string(), password.to_string());
             }
-        }
-        if let Some(path) = self.credentials {
-            options = options.credentials_file(path).await.map_err(|source| {
-                ClientError::Credentials {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?;
         }
         Ok(options)
     }
@@ -109,8 +100,7 @@ impl NatsTarget<'_> {
 pub async fn connect(target: &NatsTarget<'_>) -> Result<Client, ClientError> {
     let servers = target.servers()?;
     target
-        .options(&servers)
-        .await?
+        .options(&servers)?
         .connect(servers)
         .await
         .map_err(|e| ClientError::Connect {
@@ -128,8 +118,7 @@ pub async fn connect_retrying(target: &NatsTarget<'_>) -> Result<Client, ClientE
     let url = target.url.to_string();
     let unreachable_reported = Arc::new(AtomicBool::new(false));
     target
-        .options(&servers)
-        .await?
+        .options(&servers)?
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {
@@ -233,14 +222,18 @@ pub async fn query(
     Ok(protocol::decode(&reply)?)
 }
 
-/// Signs and publishes an approval (or denial) of a pending action on
-/// `osprey.responder.approvals`, flushed before returning. The responder answers by auditing.
+/// Signs an approval (or denial) of a pending action and sends it to the responder on
+/// `osprey.responder.approvals`; returns the responder's answer, one sentence (`approved: ...`,
+/// `denied: ...`, or why it was not carried out). A responder not listening yet (restarting)
+/// is waited for up to `wait`; no answer is an error, as the approval may or may not have been
+/// taken (sending it again would be refused as a replay).
 pub async fn send_approval(
     client: &Client,
     operator: &Operator<'_>,
     pending_id: &str,
     verdict: Verdict,
-) -> Result<Approval, ClientError> {
+    wait: Duration,
+) -> Result<ApprovalAnswer, ClientError> {
     let mut approval = Approval {
         pending_id: pending_id.to_string(),
         verdict,
@@ -251,19 +244,45 @@ pub async fn send_approval(
         signature: None,
     };
     operator.key.sign(&mut approval);
-    let publish_err = |reason: String| ClientError::Publish {
-        subject: subject::APPROVALS.to_string(),
-        reason,
-    };
-    client
-        .publish(subject::APPROVALS, protocol::encode(&approval)?.into())
-        .await
-        .map_err(|e| publish_err(e.to_string()))?;
-    client
-        .flush()
-        .await
-        .map_err(|e| publish_err(e.to_string()))?;
-    Ok(approval)
+    let payload = bytes::Bytes::from(protocol::encode(&approval)?);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let sent = request(
+            client,
+            subject::APPROVALS.to_string(),
+            payload.clone(),
+            "the responder",
+            APPROVAL_TIMEOUT,
+        )
+        .await;
+        match sent {
+            Ok(reply) => {
+                return Ok(ApprovalAnswer {
+                    text: String::from_utf8_lossy(&reply).into_owned(),
+                })
+            }
+            Err(ClientError::NoResponders { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Longest the responder may take to answer an approval (it sends the command first).
+pub const APPROVAL_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// What the responder did with an approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalAnswer {
+    pub text: String,
+}
+
+impl ApprovalAnswer {
+    /// The approved action was sent, or the denied one dropped.
+    pub fn carried_out(&self) -> bool {
+        self.text.starts_with("approved:") || self.text.starts_with("denied:")
+    }
 }
 
 /// Asks the responder for its mode, or switches dry-run on or off (`Some(on)`), signed as
@@ -290,17 +309,14 @@ pub async fn send_control(
 async fn request(
     client: &Client,
     subject: String,
-    payload: Vec<u8>,
+    payload: impl Into<bytes::Bytes>,
     who: &str,
     timeout: Duration,
 ) -> Result<bytes::Bytes, ClientError> {
-    let reply = tokio::time::timeout(timeout, client.request(subject.clone(), payload.into()))
-        .await
-        .map_err(|_| ClientError::Timeout {
-            who: who.to_string(),
-            secs: timeout.as_secs(),
-        })?;
-    match reply {
+    let request = async_nats::Request::new()
+        .payload(payload.into())
+        .timeout(Some(timeout));
+    match client.send_request(subject.clone(), request).await {
         Ok(message) => Ok(message.payload),
         Err(e) => Err(match e.kind() {
             async_nats::RequestErrorKind::NoResponders => ClientError::NoResponders {
@@ -319,40 +335,19 @@ async fn request(
     }
 }
 
-/// The findings stream `OSPREY_FINDINGS`: used as it is when it exists (a collector or its
-/// owner set it up), else created the way collectors create it.
-pub async fn findings_stream(
-    js: &jetstream::Context,
-) -> Result<jetstream::stream::Stream, ClientError> {
-    use async_nats::jetstream::{context::GetStreamErrorKind, stream, ErrorCode};
-    let err = |reason: String| ClientError::Stream {
+/// The findings stream `OSPREY_FINDINGS`, checked (bus::stream), created the way collectors
+/// create it when it is missing and this operator may.
+pub async fn findings_stream(client: &Client) -> Result<jetstream::stream::Stream, ClientError> {
+    let js = jetstream::new(client.clone());
+    bus::stream::open_findings(
+        &js,
+        client,
+        &bus::FindingsStream::default(),
+        bus::IfMissing::Create,
+    )
+    .await
+    .map_err(|e| ClientError::Stream {
         stream: subject::FINDINGS_STREAM.to_string(),
-        reason,
-    };
-    for _ in 0..3 {
-        match js.get_stream(subject::FINDINGS_STREAM).await {
-            Ok(s) => return Ok(s),
-            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-                {}
-            Err(e) => return Err(err(e.to_string())),
-        }
-        let created = js
-            .create_stream(stream::Config {
-                name: subject::FINDINGS_STREAM.to_string(),
-                subjects: vec![subject::FINDINGS_WILDCARD.to_string()],
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(10 * 60),
-                description: Some("Osprey findings (published by collectors)".to_string()),
-                ..Default::default()
-            })
-            .await;
-        match created {
-            Ok(s) => return Ok(s),
-            // Another client created it meanwhile: look it up again.
-            Err(e) => tracing::debug!("creating {}: {e}", subject::FINDINGS_STREAM),
-        }
-    }
-    js.get_stream(subject::FINDINGS_STREAM)
-        .await
-        .map_err(|e| err(e.to_string()))
+        reason: e.to_string(),
+    })
 }

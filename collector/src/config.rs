@@ -132,7 +132,7 @@ pub struct ActuatorSection {
     pub trusted_key_files: Vec<PathBuf>,
     /// TTL state (active blocks, suspensions, kill-on-exec entries); survives restarts.
     pub state_dir: PathBuf,
-    /// JSON lines, one per handled command (also published on `osprey.audit`).
+    /// JSON lines, one per handled command (also published on `osprey.audit.<host>`).
     pub audit_file: PathBuf,
     pub quarantine_dir: PathBuf,
     pub dump_dir: PathBuf,
@@ -208,7 +208,7 @@ pub enum HardLinks {
 pub struct NatsSection {
     /// `None` disables NATS (use `output.jsonl`).
     pub url: Option<String>,
-    /// A `.creds` file (JWT + NKey seed) for deployments with per-host accounts.
+    /// This host's NKey seed (`osprey creds host NAME`) or a `.creds` file (JWT + seed).
     pub credentials: Option<PathBuf>,
     /// Publish every event on `osprey.events.<host>.<kind>`.
     pub publish_events: bool,
@@ -228,6 +228,9 @@ pub struct SpoolSection {
     pub dir: PathBuf,
     pub max_bytes: u64,
     pub max_findings: usize,
+    /// Sync each spooled finding to disk before going on (survives power loss, not only a
+    /// crash of the collector; costs a disk flush per finding).
+    pub fsync: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -304,6 +307,7 @@ impl Default for SpoolSection {
             dir: PathBuf::from("/var/lib/osprey/spool"),
             max_bytes: 256 * 1024 * 1024,
             max_findings: 100_000,
+            fsync: false,
         }
     }
 }

@@ -219,23 +219,15 @@ async fn start_actuator(
             }
         };
     let client = match &url {
-        Some(url) => {
-            let mut options = async_nats::ConnectOptions::new()
+        Some(url) => Some(
+            bus::options(bus::Role::Host(host), config.nats.credentials.as_deref())?
                 .retry_on_initial_connect()
-                .name("osprey-actuator");
-            if let Some(creds) = &config.nats.credentials {
-                options = options
-                    .credentials_file(creds)
-                    .await
-                    .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
-            }
-            Some(
-                options
-                    .connect(url.as_str())
-                    .await
-                    .context("actuator: cannot connect to NATS")?,
-            )
-        }
+                .max_reconnects(None)
+                .name(format!("osprey-actuator@{host}"))
+                .connect(bus::servers(url))
+                .await
+                .context("actuator: cannot connect to NATS")?,
+        ),
         None => None,
     };
     let actuator = Actuator::new(
@@ -391,6 +383,7 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
             dir: config.spool.dir.clone(),
             max_bytes: config.spool.max_bytes,
             max_findings: config.spool.max_findings,
+            fsync: config.spool.fsync,
         },
     })
     .await

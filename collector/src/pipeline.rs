@@ -627,6 +627,8 @@ impl<S: EventSource> Pipeline<S> {
                 .options
                 .active_blocks
                 .load(std::sync::atomic::Ordering::Relaxed),
+            // The publisher writes its own counters in when it queues the heartbeat.
+            ..Default::default()
         };
         self.events_at_last_heartbeat = total;
         self.last_heartbeat = Instant::now();

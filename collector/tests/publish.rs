@@ -72,6 +72,7 @@ fn config(url: &str, spool: &Path) -> PublisherConfig {
             dir: spool.to_path_buf(),
             max_bytes: 64 << 20,
             max_findings: 10_000,
+            fsync: false,
         },
     }
 }
@@ -202,9 +203,12 @@ async fn findings_reach_jetstream_with_their_subject_and_msg_id() {
         let sent = finding(n);
         assert_eq!(
             stored.subject,
-            format!("osprey.findings.test-host_example.{}", sent.severity)
+            format!("osprey.findings.test-host_2eexample.{}", sent.severity)
         );
-        assert_eq!(stored.msg_id.as_deref(), Some(sent.id.0.as_str()));
+        // The finding id, then this host's keyed tag (no other host can produce it).
+        let msg_id = stored.msg_id.as_deref().unwrap();
+        let tag = msg_id.strip_prefix(&format!("{}.", sent.id)).unwrap();
+        assert_eq!(tag.len(), 32, "{msg_id}");
         assert_eq!(stored.finding, sent);
     }
 
@@ -219,8 +223,13 @@ async fn findings_reach_jetstream_with_their_subject_and_msg_id() {
     assert_eq!(info.config.storage, stream::StorageType::File);
     assert_eq!(
         info.config.duplicate_window,
-        NatsConfig::DEFAULT_DUPLICATE_WINDOW
+        bus::FindingsStream::DEFAULT_DUPLICATE_WINDOW
     );
+    assert_eq!(
+        info.config.max_messages_per_subject,
+        bus::FindingsStream::DEFAULT_MAX_MESSAGES_PER_SUBJECT
+    );
+    assert_eq!((info.config.max_messages, info.config.max_bytes), (-1, -1));
 
     let stats = stop(task).await;
     assert_eq!(stats.findings_published, 5);
@@ -312,7 +321,7 @@ async fn a_restarted_publisher_delivers_the_previous_spool_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_existing_stream_is_left_as_it_is() {
+async fn an_existing_stream_that_passes_the_check_is_left_as_it_is() {
     init_logs();
     let server = NatsServer::start();
     let client = async_nats::connect(server.url()).await.unwrap();
@@ -321,8 +330,9 @@ async fn an_existing_stream_is_left_as_it_is() {
         name: subject::FINDINGS_STREAM.into(),
         subjects: vec![subject::FINDINGS_WILDCARD.into()],
         description: Some("made by the operator".into()),
-        max_messages: 1000,
-        duplicate_window: Duration::from_secs(30),
+        max_messages_per_subject: 1000,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        duplicate_window: Duration::from_secs(300),
         ..Default::default()
     })
     .await
@@ -342,9 +352,49 @@ async fn an_existing_stream_is_left_as_it_is() {
         info.config.description.as_deref(),
         Some("made by the operator")
     );
-    assert_eq!(info.config.max_messages, 1000);
-    assert_eq!(info.config.duplicate_window, Duration::from_secs(30));
+    assert_eq!(info.config.max_messages_per_subject, 1000);
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(300));
     assert_eq!(info.state.messages, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_stream_is_refused_and_findings_stay_spooled() {
+    init_logs();
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    // Work-queue retention would delete each finding once the responder has it.
+    js.create_stream(stream::Config {
+        name: subject::FINDINGS_STREAM.into(),
+        subjects: vec![subject::FINDINGS_WILDCARD.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        max_messages_per_subject: 1000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let spool = tempfile::tempdir().unwrap();
+    let (publisher, task) = Publisher::start(config(&server.url(), spool.path()))
+        .await
+        .unwrap();
+    for n in 0..3 {
+        publisher.finding(&finding(n));
+    }
+    // Several delivery attempts (the backoff starts at 100 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(publisher.stats().spool_depth, 3);
+    let mut stream = js.get_stream(subject::FINDINGS_STREAM).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+
+    // Fixed by its owner: the spool drains into the right stream.
+    js.delete_stream(subject::FINDINGS_STREAM).await.unwrap();
+    wait_spool_empty(&publisher).await;
+    assert_eq!(
+        ids(&stored_findings(&server.url()).await),
+        expected_ids(0..3)
+    );
+    stop(task).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,11 +412,11 @@ async fn events_and_heartbeats_go_out_on_core_nats() {
 
     let client = async_nats::connect(server.url()).await.unwrap();
     let mut events = client
-        .subscribe("osprey.events.test-host_example.>")
+        .subscribe("osprey.events.test-host_2eexample.>")
         .await
         .unwrap();
     let mut heartbeats = client
-        .subscribe("osprey.heartbeat.test-host_example")
+        .subscribe("osprey.heartbeat.test-host_2eexample")
         .await
         .unwrap();
     client.flush().await.unwrap();
@@ -405,7 +455,7 @@ async fn events_and_heartbeats_go_out_on_core_nats() {
         .expect("subscription open");
     assert_eq!(
         got.subject.as_str(),
-        "osprey.events.test-host_example.connect"
+        "osprey.events.test-host_2eexample.connect"
     );
     assert_eq!(decode::<Event>(&got.payload).unwrap(), event);
     let got = tokio::time::timeout(PATIENCE, heartbeats.next())

@@ -43,8 +43,7 @@ async fn findings_loop(app: Shared) {
 }
 
 async fn consume_findings(app: &Shared) -> anyhow::Result<()> {
-    let js = jetstream::new(app.nats.clone());
-    let stream = client::findings_stream(&js).await?;
+    let stream = client::findings_stream(&app.nats).await?;
     let consumer = stream
         .get_or_create_consumer(
             &app.config.consumer,
@@ -151,21 +150,15 @@ async fn heartbeats(app: Shared) {
 }
 
 async fn audit_records(app: Shared) {
-    // Audit records arrive on `osprey.audit` and, per source, on `osprey.audit.<host>` /
-    // `osprey.audit.responder`.
-    let subs = futures::future::try_join(
-        app.nats.subscribe(subject::AUDIT),
-        app.nats.subscribe(format!("{}.>", subject::AUDIT)),
-    )
-    .await;
-    let (plain, per_source) = match subs {
+    // Per source: `osprey.audit.<host>` (actuators, history overrides) and
+    // `osprey.audit._responder`.
+    let mut messages = match app.nats.subscribe(subject::AUDIT_WILDCARD).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot subscribe to audit records: {e}");
             return;
         }
     };
-    let mut messages = futures::stream::select(plain, per_source);
     while let Some(message) = messages.next().await {
         let record: AuditRecord = match protocol::decode(&message.payload) {
             Ok(r) => r,
@@ -177,7 +170,9 @@ async fn audit_records(app: Shared) {
         };
         // A host may only speak for itself.
         if let Some(token) = host_token(&message.subject) {
-            if token != "responder" && token != subject::host_token(&record.host) {
+            if message.subject.as_str() != subject::AUDIT_RESPONDER
+                && token != subject::host_token(&record.host)
+            {
                 app.metrics.rejected("host_mismatch");
                 continue;
             }

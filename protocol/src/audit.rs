@@ -1,5 +1,6 @@
 //! Audit records: one per decision of the responder and per command the actuator handled,
-//! written as a JSON line to the audit file and published on `osprey.audit`.
+//! written as a JSON line to the audit file and published on `osprey.audit.<host>` (the
+//! actuator's) or `osprey.audit._responder` ([`crate::subject`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +18,13 @@ pub enum Decision {
     Approved,
     Denied,
     RolledBack,
-    /// Accepted, but the action failed or the host did not answer.
+    /// Accepted, but the action failed (or the host could not be reached).
     Failed,
+    /// The host did not answer in time: the command may or may not have run. A later answer
+    /// (the host's own audit record) is reconciled by a record with the host's decision.
+    Unknown,
+    /// An action awaiting approval got none in time.
+    Expired,
 }
 
 impl Decision {
@@ -33,6 +39,8 @@ impl Decision {
             Decision::Denied => "denied",
             Decision::RolledBack => "rolled_back",
             Decision::Failed => "failed",
+            Decision::Unknown => "unknown",
+            Decision::Expired => "expired",
         }
     }
 }

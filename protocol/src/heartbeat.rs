@@ -33,8 +33,24 @@ pub struct Heartbeat {
     pub evicted: BTreeMap<String, u64>,
     /// Findings waiting in the on-disk spool for NATS.
     pub spool_depth: u64,
-    /// Findings evicted from a full spool (oldest first) since start.
+    /// Findings evicted from a full spool since start (lowest severity first, oldest first
+    /// within a severity).
     pub spool_evicted: u64,
+    /// The same, per severity (`info` ... `critical`); severities with none are absent.
+    #[serde(default)]
+    pub spool_evicted_by_severity: BTreeMap<String, u64>,
+    /// Findings the disk refused to spool (held in memory instead) since start.
+    #[serde(default)]
+    pub spool_write_errors: u64,
+    /// Findings that can never be published (unencodable, unreadable, over max_payload).
+    #[serde(default)]
+    pub findings_failed: u64,
+    /// Events not published (queue full, NATS away) since start.
+    #[serde(default)]
+    pub events_dropped: u64,
+    /// Heartbeats not published (NATS away) since start.
+    #[serde(default)]
+    pub heartbeats_dropped: u64,
     pub process_table_size: u64,
     /// Process entries evicted from a full table since start.
     pub process_table_evicted: u64,

@@ -1,4 +1,5 @@
-//! The responder's audit trail: one JSON line per decision, and the same on `osprey.audit`.
+//! The responder's audit trail: one JSON line per decision, and the same on
+//! `osprey.audit._responder`.
 
 use std::{io::Write, path::PathBuf};
 
@@ -40,7 +41,7 @@ impl AuditLog {
         if let Ok(bytes) = protocol::encode(&record) {
             if let Err(e) = self
                 .client
-                .publish(protocol::subject::AUDIT, bytes.into())
+                .publish(protocol::subject::AUDIT_RESPONDER, bytes.into())
                 .await
             {
                 tracing::warn!("cannot publish an audit record: {e}");

@@ -15,18 +15,22 @@ pub struct ResponderConfig {
     pub signing_key: PathBuf,
     /// Operators' public keys (base64) whose approvals count.
     pub operator_keys: Vec<String>,
-    /// JSON lines, one per decision (also published on `osprey.audit`).
+    /// JSON lines, one per decision (also published on `osprey.audit._responder`).
     pub audit_file: PathBuf,
-    /// Finding ids already handled (idempotency across redeliveries and restarts).
+    /// The journal: decisions before they are acted on, findings already handled, actions
+    /// awaiting approval (all survive restarts).
     pub state_dir: PathBuf,
     /// Decide and audit, but send nothing.
     pub dry_run: bool,
-    /// Durable JetStream consumer name.
+    /// Durable JetStream consumer name (the NATS permissions of deploy/nats name
+    /// `osprey-responder`: change both together).
     pub consumer: String,
     /// Seconds to wait for a host's answer to a command.
     pub command_timeout_secs: u64,
-    /// Seconds an action awaits approval before it is dropped (audited as denied).
+    /// Seconds an action awaits approval before it expires (audited as expired).
     pub approval_timeout_secs: u64,
+    /// Actions awaiting approval at most; beyond, a new one is refused (and audited).
+    pub max_pending_approvals: usize,
     /// Actions per host and action kind per hour (0: unlimited), with per-action overrides.
     pub rate_limit_per_hour: u32,
     pub rate_limits: std::collections::BTreeMap<String, u32>,
@@ -45,8 +49,38 @@ pub struct ResponderConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSection {
+    /// One server, or a cluster's servers comma-separated.
     pub url: String,
+    /// The responder's NKey seed (`osprey creds responder`) or a `.creds` file.
     pub credentials: Option<PathBuf>,
+    /// Replicas of OSPREY_FINDINGS when the responder creates it: `auto` (3 in a cluster of
+    /// at least 3 servers, else 1) or a number.
+    pub stream_replicas: Replicas,
+}
+
+/// `auto` or a number of replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replicas(pub bus::Replicas);
+
+impl<'de> Deserialize<'de> for Replicas {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n @ 1..=5) => Ok(Replicas(bus::Replicas::Exactly(n))),
+            Raw::Word(w) if w == "auto" => Ok(Replicas(bus::Replicas::Auto)),
+            Raw::Number(n) => Err(serde::de::Error::custom(format!(
+                "stream_replicas: {n}: JetStream keeps 1 to 5 replicas"
+            ))),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "stream_replicas: {w:?}: expected auto or a number from 1 to 5"
+            ))),
+        }
+    }
 }
 
 impl Default for NatsSection {
@@ -54,6 +88,7 @@ impl Default for NatsSection {
         NatsSection {
             url: "nats://127.0.0.1:4222".into(),
             credentials: None,
+            stream_replicas: Replicas(bus::Replicas::Auto),
         }
     }
 }
@@ -68,9 +103,10 @@ impl Default for ResponderConfig {
             audit_file: PathBuf::from("/var/log/osprey/responder-audit.jsonl"),
             state_dir: PathBuf::from("/var/lib/osprey/responder"),
             dry_run: false,
-            consumer: "osprey-responder".into(),
+            consumer: bus::permissions::RESPONDER_CONSUMER.into(),
             command_timeout_secs: 10,
             approval_timeout_secs: 900,
+            max_pending_approvals: 1000,
             rate_limit_per_hour: 20,
             rate_limits: Default::default(),
             heartbeat_timeout_secs: 30,
@@ -99,6 +135,12 @@ impl ResponderConfig {
         for (i, key) in config.operator_keys.iter().enumerate() {
             protocol::signing::PublicKey::from_base64(key)
                 .map_err(|e| anyhow::anyhow!("{}: operator_keys[{i}]: {e}", path.display()))?;
+        }
+        if config.max_pending_approvals == 0 {
+            anyhow::bail!(
+                "{}: max_pending_approvals: must be at least 1",
+                path.display()
+            );
         }
         if config.consumer.is_empty() || config.consumer.contains(['.', '*', '>', ' ']) {
             anyhow::bail!(

@@ -3,12 +3,14 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream;
+use bus::{FindingsStream, IfMissing};
 use clap::Parser;
 use futures::StreamExt;
-use protocol::{signing::KeyPair, subject, Finding, Heartbeat};
+use protocol::{signing::KeyPair, subject, AuditRecord, Finding, Heartbeat};
 use responder::{
-    config::ResponderConfig, control::Control, policy::ResponsePolicy, responder::Responder,
+    config::ResponderConfig, control::Control, intake::Intake, policy::ResponsePolicy,
+    responder::Responder,
 };
 
 /// Osprey's response service: findings → response policy → safety controls → signed
@@ -49,52 +51,51 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let key = KeyPair::from_secret_base64(&key_text)
         .map_err(|e| anyhow::anyhow!("signing key {}: {e}", config.signing_key.display()))?;
 
-    let mut options = async_nats::ConnectOptions::new().name("osprey-responder");
-    if let Some(creds) = &config.nats.credentials {
-        options = options
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("cannot read {}", creds.display()))?;
-    }
-    let client = options
-        .connect(config.nats.url.as_str())
+    let client = bus::options(bus::Role::Responder, config.nats.credentials.as_deref())?
+        .name("osprey-responder")
+        .max_reconnects(None)
+        .connect(bus::servers(&config.nats.url))
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.nats.url))?;
     let js = jetstream::new(client.clone());
     // JetStream is required: without it findings published while we are down would be lost.
-    let stream = open_stream(&js).await.map_err(|e| {
-        anyhow::anyhow!(
-            "JetStream is required (durable findings) but {} does not offer it: {e:#}. \
-             Run nats-server with JetStream enabled (-js, or `jetstream {{}}` in its config).",
-            config.nats.url
-        )
-    })?;
-    let consumer = stream
-        .get_or_create_consumer(
-            &config.consumer,
-            pull::Config {
-                durable_name: Some(config.consumer.clone()),
-                filter_subject: subject::FINDINGS_WILDCARD.to_string(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                ack_wait: Duration::from_secs(60),
-                ..Default::default()
-            },
-        )
+    let spec = FindingsStream {
+        replicas: config.nats.stream_replicas.0,
+        ..FindingsStream::default()
+    };
+    let stream = bus::stream::open_findings(&js, &client, &spec, IfMissing::Create)
         .await
-        .context("cannot create the durable consumer")?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .context("cannot read from the durable consumer")?;
+        .map_err(|e| match e {
+            bus::OpenError::Wrong(wrong) => anyhow::anyhow!("{wrong}"),
+            other => anyhow::anyhow!(
+                "JetStream is required (durable findings) but {}: {other}. Run nats-server with \
+                 JetStream enabled (-js, or `jetstream {{}}` in its config; deploy/nats has one).",
+                config.nats.url
+            ),
+        })?;
+    let replicas = stream.cached_info().config.num_replicas;
+    if bus::stream::cluster_size(&client) >= 3 && replicas < 3 {
+        tracing::warn!(
+            replicas,
+            "{} has {replicas} replica(s) in a cluster of 3 or more servers: losing one server \
+             loses or stalls findings; raise it to 3 (nats stream edit)",
+            subject::FINDINGS_STREAM
+        );
+    }
+    let mut intake = Intake::open(&stream, &config.consumer).await?;
     let mut approvals = client
         .subscribe(subject::APPROVALS)
         .await
         .context("cannot subscribe to approvals")?;
     let mut heartbeats = client
-        .subscribe("osprey.heartbeat.*")
+        .subscribe(subject::HEARTBEAT_WILDCARD)
         .await
         .context("cannot subscribe to heartbeats")?;
+    // Hosts' own audit records: the late answers of commands that timed out.
+    let mut host_audits = client
+        .subscribe(subject::AUDIT_WILDCARD)
+        .await
+        .context("cannot subscribe to audit records")?;
     let mut control_requests = client
         .subscribe(subject::RESPONDER_CONTROL)
         .await
@@ -105,23 +106,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut responder = Responder::new(config, policy, key, client.clone())?;
     control.restore(&mut responder, args.dry_run);
-    tracing::info!(dry_run = responder.dry_run(), "osprey-responder running");
+    responder.resume().await;
+    tracing::info!(
+        dry_run = responder.dry_run(),
+        replicas,
+        "osprey-responder running"
+    );
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            msg = messages.next() => {
-                let Some(msg) = msg else { anyhow::bail!("the findings consumer ended") };
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!("findings consumer: {e}");
-                        continue;
-                    }
-                };
-                let host = msg.subject.split('.').nth(2).unwrap_or("").to_string();
+            msg = intake.next() => {
+                let host = subject::subject_host_token(&msg.subject).unwrap_or("").to_string();
                 match protocol::decode::<Finding>(&msg.payload) {
                     Ok(f) => {
                         responder::metrics::get().finding(f.severity);
@@ -133,12 +131,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     tracing::warn!("cannot ack a finding (it will be redelivered and skipped): {e}");
                 }
             }
-            Some(msg) = approvals.next() => responder.handle_approval(&msg.payload).await,
+            Some(msg) = approvals.next() => {
+                let outcome = responder.handle_approval(&msg.payload).await;
+                if let Some(reply) = msg.reply {
+                    if let Err(e) = client.publish(reply, outcome.into()).await {
+                        tracing::warn!("cannot answer an approval: {e}");
+                    }
+                }
+            }
             Some(msg) = control_requests.next() => control.serve(&client, &mut responder, msg).await,
             Some(msg) = heartbeats.next() => {
-                let token = msg.subject.split('.').nth(2).unwrap_or("").to_string();
-                if let Ok(h) = protocol::decode::<Heartbeat>(&msg.payload) {
-                    responder.heartbeat(&token, h.host);
+                // The subject says which host is alive; the payload must only be a heartbeat.
+                match (subject::subject_host_token(&msg.subject), protocol::decode::<Heartbeat>(&msg.payload)) {
+                    (Some(token), Ok(_)) => responder.heartbeat(token),
+                    _ => tracing::debug!(subject = %msg.subject, "ignoring a malformed heartbeat"),
+                }
+            }
+            Some(msg) = host_audits.next() => {
+                if msg.subject.as_str() == subject::AUDIT_RESPONDER {
+                    continue;
+                }
+                if let (Some(token), Ok(record)) = (subject::subject_host_token(&msg.subject), protocol::decode::<AuditRecord>(&msg.payload)) {
+                    responder.host_audit(token, record).await;
                 }
             }
             _ = tick.tick() => responder.tick(&js).await,
@@ -147,36 +161,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("osprey-responder stopped");
     Ok(())
-}
-
-/// The findings stream: used as it is when it exists (a collector may have created it, or
-/// its owner tuned it), else created the way collectors create it.
-async fn open_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
-    use async_nats::jetstream::{context::GetStreamErrorKind, ErrorCode};
-    for _ in 0..3 {
-        match js.get_stream(subject::FINDINGS_STREAM).await {
-            Ok(s) => return Ok(s),
-            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-                {}
-            Err(e) => return Err(e.into()),
-        }
-        let created = js
-            .create_stream(stream::Config {
-                name: subject::FINDINGS_STREAM.to_string(),
-                subjects: vec![subject::FINDINGS_WILDCARD.to_string()],
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(10 * 60),
-                description: Some("Osprey findings (published by collectors)".to_string()),
-                ..Default::default()
-            })
-            .await;
-        match created {
-            Ok(s) => return Ok(s),
-            // Another client created it meanwhile: look it up again.
-            Err(e) => tracing::debug!("creating {}: {e}", subject::FINDINGS_STREAM),
-        }
-    }
-    Ok(js.get_stream(subject::FINDINGS_STREAM).await?)
 }
 
 async fn shutdown_signal() {

@@ -1,4 +1,10 @@
 //! The responder's decisions: finding → policy → safety controls → signed command, audited.
+//!
+//! Every decision is committed to the [journal](crate::journal) before anything is done about
+//! it, so a crash between deciding and acting neither loses nor doubles an action (commands
+//! carry an id the host's actuator de-duplicates). The host a finding, heartbeat or audit
+//! record is about is always the one of the subject it arrived on — the server's permissions
+//! guarantee who may publish there — never a name inside the payload.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,9 +17,15 @@ use protocol::{
     subject, Action, ActionKind, Approval, AuditRecord, Command, CommandResult, CommandStatus,
     Decision, Finding, Timestamp, Verdict,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    audit::AuditLog, config::ResponderConfig, notify, policy::ResponsePolicy, processed::Processed,
+    audit::AuditLog,
+    config::ResponderConfig,
+    failpoint,
+    journal::{self, Effect, Journal, Pending},
+    notify,
+    policy::ResponsePolicy,
 };
 
 /// Executables never targeted, whatever the policy says (the actuator checks again by
@@ -33,18 +45,33 @@ const BUILTIN_PROTECTED: &[&str] = &[
     "/usr/lib/systemd/systemd",
 ];
 
+/// Commands whose answer did not come in time, kept for reconciling a late answer.
+const AWAITING_CAPACITY: usize = 10_000;
+const AWAITING_FOR: Duration = Duration::from_secs(3600);
+
 /// One action the policy chose for one finding.
-#[derive(Clone, Debug)]
-struct Planned {
-    finding: Finding,
-    kind: ActionKind,
-    action: Option<Action>,
-    target: Option<String>,
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Planned {
+    pub finding: Finding,
+    pub kind: ActionKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
-struct Pending {
+/// A command that timed out, waiting for the host's own audit record of it.
+struct Awaiting {
     planned: Planned,
-    deadline: Instant,
+    since: Instant,
+}
+
+/// Why a command got no answer.
+enum SendError {
+    /// No answer in time: it may or may not have run.
+    NoAnswer(String),
+    /// It certainly did not run (nobody listening, not encodable, ...).
+    NotDelivered(String),
 }
 
 pub struct Responder {
@@ -54,21 +81,24 @@ pub struct Responder {
     policy: ResponsePolicy,
     client: async_nats::Client,
     audit: AuditLog,
-    processed: Processed,
-    /// (host, action) → times of actions sent in the last hour.
-    recent: HashMap<(String, &'static str), VecDeque<Instant>>,
-    pending: HashMap<String, Pending>,
+    journal: Journal,
+    /// (host, action) → times of actions sent in the last hour (rebuilt from the journal).
+    recent: HashMap<(String, String), VecDeque<Timestamp>>,
     approval_nonces: VecDeque<String>,
     protected_networks: Vec<IpNet>,
-    /// Host token → (host name, last heartbeat, already reported silent).
-    heartbeats: HashMap<String, (String, Instant, bool)>,
+    /// Host token → (last heartbeat, already reported silent).
+    heartbeats: HashMap<String, (Instant, bool)>,
+    /// Command id → the command that timed out.
+    awaiting: HashMap<String, Awaiting>,
 }
 
-fn action_name(kind: ActionKind) -> &'static str {
+pub fn action_name(kind: ActionKind) -> &'static str {
     kind.as_str()
 }
 
 impl Responder {
+    /// Opens the journal; effects a crash left undone are carried out by
+    /// [`Responder::resume`].
     pub fn new(
         config: ResponderConfig,
         policy: ResponsePolicy,
@@ -91,8 +121,15 @@ impl Responder {
                 .into_iter()
                 .map(IpNet::from),
         );
-        let processed = Processed::open(&config.state_dir)
+        let journal = Journal::open(&config.state_dir)
             .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", config.state_dir.display()))?;
+        let mut recent: HashMap<(String, String), VecDeque<Timestamp>> = HashMap::new();
+        for counted in journal.counted() {
+            recent
+                .entry((counted.host.clone(), counted.action.clone()))
+                .or_default()
+                .push_back(counted.at);
+        }
         let audit = AuditLog::new(config.audit_file.clone(), client.clone());
         Ok(Responder {
             config,
@@ -101,13 +138,30 @@ impl Responder {
             policy,
             client,
             audit,
-            processed,
-            recent: HashMap::new(),
-            pending: HashMap::new(),
+            journal,
+            recent,
             approval_nonces: VecDeque::new(),
             protected_networks,
             heartbeats: HashMap::new(),
+            awaiting: HashMap::new(),
         })
+    }
+
+    /// Carries out what a previous run committed but did not finish (commands are sent again
+    /// with their ids: a host that ran one answers with its first result).
+    pub async fn resume(&mut self) {
+        let open = self.journal.open_effects();
+        if !open.is_empty() {
+            tracing::info!(
+                effects = open.len(),
+                "carrying out decisions a previous run committed but did not finish"
+            );
+        }
+        self.run(open).await;
+        let pending = self.journal.pending().len();
+        if pending > 0 {
+            tracing::info!(pending, "actions awaiting approval carried over");
+        }
     }
 
     fn record(
@@ -134,96 +188,216 @@ impl Responder {
         record
     }
 
+    fn audit_effect(record: AuditRecord) -> Effect {
+        Effect::Audit {
+            record: Box::new(record),
+        }
+    }
+
     /// Handles one finding from the stream. `subject_host` is the host token of the subject
-    /// it arrived on. Returns once every decision is audited.
+    /// it arrived on. Returns once every decision is committed and carried out.
     pub async fn handle_finding(&mut self, subject_host: &str, finding: Finding) {
-        if self.processed.contains(&finding.id.0) {
+        let plan = self.policy.plan(&finding);
+        if subject::host_token(&finding.host) != subject_host {
+            // Not marked decided: a forged copy on one host's subject must not stop the
+            // real finding, on its own host's subject, from being acted on.
+            let effects = plan
+                .iter()
+                .flat_map(|plan| plan.actions.clone())
+                .map(|kind| {
+                    let planned = planned(kind, &finding, None, false);
+                    Self::audit_effect(self.record(
+                        &planned,
+                        Decision::Refused,
+                        format!(
+                            "finding for host {:?} arrived on the subject of host token {subject_host:?}",
+                            finding.host
+                        ),
+                        "refused",
+                        None,
+                    ))
+                })
+                .collect();
+            self.commit_and_run(journal::Decision {
+                effects,
+                ..Default::default()
+            })
+            .await;
+            return;
+        }
+        let key = format!("{subject_host}/{}", finding.id);
+        if self.journal.is_decided(&key) {
             tracing::debug!(id = %finding.id, "finding already handled; no second action");
             return;
         }
-        let Some(plan) = self.policy.plan(&finding) else {
-            let _ = self.processed.insert(&finding.id.0);
-            return;
+        let mut decision = journal::Decision {
+            decided: Some(key),
+            ..Default::default()
         };
-        // Recorded before acting: a redelivery after a crash never acts twice.
-        if let Err(e) = self.processed.insert(&finding.id.0) {
-            tracing::error!(
-                "cannot record finding {} as handled: {e}; not acting on it",
-                finding.id
-            );
+        if let Some(plan) = plan {
+            for kind in plan.actions.clone() {
+                let planned = planned(kind, &finding, plan.ttl_secs, plan.block_port);
+                self.decide(&plan, planned, &mut decision);
+            }
+        }
+        self.commit_and_run(decision).await;
+    }
+
+    /// Decides one planned action: refused, dry run, rate limited, held for approval, or
+    /// done (logged, notified, sent).
+    fn decide(
+        &mut self,
+        plan: &crate::policy::Plan,
+        planned: Planned,
+        decision: &mut journal::Decision,
+    ) {
+        if let Err(why) = self.safety(&planned) {
+            let r = self.record(&planned, Decision::Refused, why, "refused", None);
+            decision.effects.push(Self::audit_effect(r));
             return;
         }
-        for kind in plan.actions.clone() {
-            let (action, target) = build_action(kind, &finding, plan.ttl_secs, plan.block_port);
-            let planned = Planned {
-                finding: finding.clone(),
-                kind,
-                action,
-                target,
-            };
-            if subject::host_token(&finding.host) != subject_host {
+        if self.config.dry_run || plan.dry_run {
+            let r = self.record(
+                &planned,
+                Decision::DryRun,
+                format!("policy rule {}: dry run, nothing sent", plan.rule),
+                "not sent",
+                None,
+            );
+            decision.effects.push(Self::audit_effect(r));
+            return;
+        }
+        if let Err(why) = self.rate_limit(&planned) {
+            let r = self.record(&planned, Decision::RateLimited, why, "not sent", None);
+            decision.effects.push(Self::audit_effect(r));
+            return;
+        }
+        if self.policy.needs_approval(planned.kind) {
+            let held = self.journal.pending().len() + decision.pending.len();
+            if held >= self.config.max_pending_approvals {
                 let r = self.record(
                     &planned,
                     Decision::Refused,
                     format!(
-                        "finding for host {:?} arrived on the subject of host {subject_host:?}",
-                        finding.host
+                        "policy rule {}: {} needs an operator's approval, but {held} actions \
+                         already await one (max_pending_approvals): not held",
+                        plan.rule,
+                        action_name(planned.kind)
                     ),
-                    "refused",
-                    None,
-                );
-                self.audit.record(r).await;
-                continue;
-            }
-            if let Err(why) = self.safety(&planned) {
-                let r = self.record(&planned, Decision::Refused, why, "refused", None);
-                self.audit.record(r).await;
-                continue;
-            }
-            if self.config.dry_run || plan.dry_run {
-                let r = self.record(
-                    &planned,
-                    Decision::DryRun,
-                    format!("policy rule {}: dry run, nothing sent", plan.rule),
                     "not sent",
                     None,
                 );
-                self.audit.record(r).await;
-                continue;
+                decision.effects.push(Self::audit_effect(r));
+                return;
             }
-            if let Err(why) = self.rate_limit(&planned) {
-                let r = self.record(&planned, Decision::RateLimited, why, "not sent", None);
-                self.audit.record(r).await;
-                continue;
-            }
-            if self.policy.needs_approval(kind) {
-                let id = signing::random_id();
+            let id = signing::random_id();
+            let mut r = self.record(
+                &planned,
+                Decision::AwaitingApproval,
+                format!(
+                    "policy rule {}: {} needs an operator's approval; pending id {id}",
+                    plan.rule,
+                    action_name(planned.kind)
+                ),
+                id.clone(),
+                None,
+            );
+            r.pending_id = Some(id.clone());
+            decision.effects.push(Self::audit_effect(r));
+            let deadline = Timestamp::from_unix_nanos(
+                Timestamp::now().unix_nanos()
+                    + self.config.approval_timeout_secs as i64 * 1_000_000_000,
+            );
+            decision.pending.push((
+                id,
+                Pending {
+                    planned,
+                    rule: plan.rule.clone(),
+                    deadline,
+                },
+            ));
+            return;
+        }
+        let why = format!("policy rule {}", plan.rule);
+        self.act(planned, why, None, decision);
+    }
+
+    /// Adds the effect that carries out an action (logged, notified or sent), counted
+    /// against the rate limits.
+    fn act(
+        &mut self,
+        planned: Planned,
+        why: String,
+        pending_id: Option<String>,
+        decision: &mut journal::Decision,
+    ) {
+        match planned.kind {
+            ActionKind::Log => {
                 let mut r = self.record(
                     &planned,
-                    Decision::AwaitingApproval,
-                    format!(
-                        "policy rule {}: {} needs an operator's approval; pending id {id}",
-                        plan.rule,
-                        action_name(kind)
-                    ),
-                    id.clone(),
+                    Decision::Executed,
+                    format!("{why}: logged"),
+                    "ok",
                     None,
                 );
-                r.pending_id = Some(id.clone());
-                self.audit.record(r).await;
-                self.pending.insert(
-                    id,
-                    Pending {
-                        planned,
-                        deadline: Instant::now()
-                            + Duration::from_secs(self.config.approval_timeout_secs),
-                    },
-                );
-                continue;
+                r.pending_id = pending_id;
+                decision.effects.push(Self::audit_effect(r));
             }
-            self.count(&planned);
-            self.execute(&planned, format!("policy rule {}", plan.rule))
-                .await;
+            ActionKind::Notify => decision.effects.push(Effect::Notify {
+                planned: Box::new(planned),
+                why,
+            }),
+            _ => {
+                self.count(&planned);
+                decision.counted.push((
+                    planned.finding.host.clone(),
+                    action_name(planned.kind).to_string(),
+                ));
+                decision.effects.push(Effect::Send {
+                    command_id: signing::random_id(),
+                    planned: Box::new(planned),
+                    why,
+                    pending_id,
+                });
+            }
+        }
+    }
+
+    /// Commits a decision to the journal, then carries it out.
+    async fn commit_and_run(&mut self, decision: journal::Decision) {
+        match self.journal.commit(decision) {
+            Ok(effects) => {
+                if effects
+                    .iter()
+                    .any(|(_, e)| matches!(e, Effect::Send { .. }))
+                {
+                    failpoint::reached("decided");
+                }
+                self.run(effects).await;
+            }
+            Err(e) => tracing::error!(
+                "cannot commit a decision to the journal ({}): not acting on it: {e}",
+                self.config.state_dir.display()
+            ),
+        }
+    }
+
+    async fn run(&mut self, effects: Vec<(u64, Effect)>) {
+        for (id, effect) in effects {
+            match effect {
+                Effect::Audit { record } => self.audit.record(*record).await,
+                Effect::Notify { planned, why } => self.notify(&planned, why).await,
+                Effect::Send {
+                    command_id,
+                    planned,
+                    why,
+                    pending_id,
+                } => {
+                    self.send_and_audit(&planned, command_id, why, pending_id)
+                        .await
+                }
+            }
+            self.journal.done(id);
         }
     }
 
@@ -266,17 +440,17 @@ impl Responder {
         Ok(())
     }
 
+    /// Whether one more `p.kind` action on its host stays within the hourly limit. Actions
+    /// count when they are sent — approved ones included.
     fn rate_limit(&mut self, p: &Planned) -> Result<(), String> {
         let name = action_name(p.kind);
         let limit = self.config.rate_limit(name);
+        let hour_ago = Timestamp::now().unix_nanos() - 3600 * 1_000_000_000;
         let recent = self
             .recent
-            .entry((p.finding.host.clone(), name))
+            .entry((p.finding.host.clone(), name.to_string()))
             .or_default();
-        while recent
-            .front()
-            .is_some_and(|t| t.elapsed() > Duration::from_secs(3600))
-        {
+        while recent.front().is_some_and(|t| t.unix_nanos() <= hour_ago) {
             recent.pop_front();
         }
         if limit > 0 && recent.len() >= limit as usize {
@@ -290,195 +464,311 @@ impl Responder {
 
     fn count(&mut self, p: &Planned) {
         self.recent
-            .entry((p.finding.host.clone(), action_name(p.kind)))
+            .entry((p.finding.host.clone(), action_name(p.kind).to_string()))
             .or_default()
-            .push_back(Instant::now());
+            .push_back(Timestamp::now());
     }
 
-    async fn execute(&mut self, p: &Planned, why: String) {
-        match p.kind {
-            ActionKind::Log => {
-                let r = self.record(p, Decision::Executed, format!("{why}: logged"), "ok", None);
-                self.audit.record(r).await;
-            }
-            ActionKind::Notify => {
-                let text = format!(
-                    "[osprey] {} {} on {}: {} (pid {}, {})",
-                    p.finding.severity.as_str(),
-                    p.finding.rule_id,
-                    p.finding.host,
-                    p.finding.title,
-                    p.finding.process.pid,
-                    p.finding.process.exe
-                );
-                let (decision, result) = match &self.config.notify_webhook {
-                    None => (Decision::Failed, "no notify_webhook configured".to_string()),
-                    Some(url) => match notify::post(url, &text).await {
-                        Ok(_) => (Decision::Executed, "ok".to_string()),
-                        Err(e) => (Decision::Failed, e),
-                    },
-                };
-                let r = self.record(p, decision, why, result, None);
-                self.audit.record(r).await;
-            }
-            _ => {
-                let Some(action) = p.action.clone() else {
-                    return;
-                };
-                let mut command = Command {
-                    id: signing::random_id(),
-                    nonce: signing::random_id(),
-                    issued_at: Timestamp::now(),
-                    host: p.finding.host.clone(),
-                    action,
-                    finding_id: Some(p.finding.id.clone()),
-                    operator: None,
-                    key_id: String::new(),
-                    signature: None,
-                };
-                self.key.sign(&mut command);
-                let (decision, reason, result) = match self.send(&command).await {
-                    Ok(r) => match r.status {
-                        CommandStatus::Ok => (
-                            Decision::Executed,
-                            format!("{why}: {}", r.reason),
-                            "ok".to_string(),
-                        ),
-                        CommandStatus::Refused => (
-                            Decision::Refused,
-                            format!("host refused: {}", r.reason),
-                            "refused".to_string(),
-                        ),
-                        CommandStatus::Failed => {
-                            (Decision::Failed, why, format!("error: {}", r.reason))
-                        }
-                    },
-                    Err(e) => (Decision::Failed, why, format!("error: {e}")),
-                };
-                let r = self.record(p, decision, reason, result, Some(command.id.clone()));
-                self.audit.record(r).await;
-            }
-        }
+    async fn notify(&mut self, p: &Planned, why: String) {
+        let text = format!(
+            "[osprey] {} {} on {}: {} (pid {}, {})",
+            p.finding.severity.as_str(),
+            p.finding.rule_id,
+            p.finding.host,
+            p.finding.title,
+            p.finding.process.pid,
+            p.finding.process.exe
+        );
+        let (decision, result) = match &self.config.notify_webhook {
+            None => (Decision::Failed, "no notify_webhook configured".to_string()),
+            Some(url) => match notify::post(url, &text).await {
+                Ok(_) => (Decision::Executed, "ok".to_string()),
+                Err(e) => (Decision::Failed, e),
+            },
+        };
+        let r = self.record(p, decision, why, result, None);
+        self.audit.record(r).await;
     }
 
-    async fn send(&self, command: &Command) -> Result<CommandResult, String> {
-        let payload = protocol::encode(command).map_err(|e| e.to_string())?;
+    /// Signs (now, with a fresh nonce) and sends the command `command_id`, and audits the
+    /// host's answer; no answer in time is audited `unknown` and reconciled if the host's
+    /// own audit record of it shows up later.
+    async fn send_and_audit(
+        &mut self,
+        p: &Planned,
+        command_id: String,
+        why: String,
+        pending_id: Option<String>,
+    ) {
+        let Some(action) = p.action.clone() else {
+            return;
+        };
+        let mut command = Command::new(p.finding.host.clone(), action, Some(p.finding.id.clone()));
+        // The id was journaled before sending: a restart re-sends under the same id.
+        command.id.clone_from(&command_id);
+        self.key.sign(&mut command);
+        let answer = self.send(&command).await;
+        failpoint::reached("sent");
+        let (decision, reason, result) = match answer {
+            Ok(r) => match r.status {
+                CommandStatus::Ok => (
+                    Decision::Executed,
+                    format!("{why}: {}", r.reason),
+                    "ok".to_string(),
+                ),
+                CommandStatus::Refused => (
+                    Decision::Refused,
+                    format!("host refused: {}", r.reason),
+                    "refused".to_string(),
+                ),
+                CommandStatus::Failed => (Decision::Failed, why, format!("error: {}", r.reason)),
+            },
+            Err(SendError::NoAnswer(e)) => {
+                self.await_answer(command_id.clone(), p.clone());
+                (
+                    Decision::Unknown,
+                    format!("{why}: {e}; the host's later answer is reconciled"),
+                    "unknown".to_string(),
+                )
+            }
+            Err(SendError::NotDelivered(e)) => (Decision::Failed, why, format!("error: {e}")),
+        };
+        let mut r = self.record(p, decision, reason, result, Some(command_id));
+        r.pending_id = pending_id;
+        self.audit.record(r).await;
+    }
+
+    async fn send(&self, command: &Command) -> Result<CommandResult, SendError> {
+        let payload = protocol::encode(command)
+            .map_err(|e| SendError::NotDelivered(format!("cannot encode the command: {e}")))?;
         let request = self
             .client
             .request(subject::command(&command.host), payload.into());
-        let reply = tokio::time::timeout(
-            Duration::from_secs(self.config.command_timeout_secs),
-            request,
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "host {} did not answer within {}s",
-                command.host, self.config.command_timeout_secs
-            )
-        })?
-        .map_err(|e| format!("request to host {} failed: {e}", command.host))?;
-        protocol::decode(&reply.payload).map_err(|e| e.to_string())
+        let timeout = Duration::from_secs(self.config.command_timeout_secs);
+        let reply = match tokio::time::timeout(timeout, request).await {
+            Err(_) => {
+                return Err(SendError::NoAnswer(format!(
+                    "host {} did not answer within {}s",
+                    command.host, self.config.command_timeout_secs
+                )))
+            }
+            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                return Err(SendError::NotDelivered(format!(
+                    "no actuator listens on {} (host down or actuator off)",
+                    subject::command(&command.host)
+                )))
+            }
+            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::TimedOut => {
+                return Err(SendError::NoAnswer(format!(
+                    "host {} did not answer in time: {e}",
+                    command.host
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(SendError::NotDelivered(format!(
+                    "request to host {} failed: {e}",
+                    command.host
+                )))
+            }
+            Ok(Ok(reply)) => reply,
+        };
+        protocol::decode(&reply.payload).map_err(|e| {
+            SendError::NoAnswer(format!("the host's answer is not a CommandResult: {e}"))
+        })
     }
 
-    /// An operator's approval or denial of a pending action.
-    pub async fn handle_approval(&mut self, payload: &[u8]) {
+    fn await_answer(&mut self, command_id: String, planned: Planned) {
+        self.awaiting
+            .retain(|_, a| a.since.elapsed() < AWAITING_FOR);
+        if self.awaiting.len() >= AWAITING_CAPACITY {
+            tracing::warn!(
+                command_id,
+                "too many unanswered commands are followed; a late answer to this one will not be reconciled"
+            );
+            return;
+        }
+        self.awaiting.insert(
+            command_id,
+            Awaiting {
+                planned,
+                since: Instant::now(),
+            },
+        );
+    }
+
+    /// A host's audit record (`osprey.audit.<host token>`): the late answer to a command that
+    /// timed out is audited with the host's decision.
+    pub async fn host_audit(&mut self, subject_host: &str, record: AuditRecord) {
+        let Some(command_id) = record.command_id.as_deref() else {
+            return;
+        };
+        let Some(awaiting) = self.awaiting.get(command_id) else {
+            return;
+        };
+        // Only the host the command went to can answer for it.
+        if subject::host_token(&awaiting.planned.finding.host) != subject_host {
+            return;
+        }
+        let Some(awaiting) = self.awaiting.remove(command_id) else {
+            return;
+        };
+        let r = self.record(
+            &awaiting.planned,
+            record.decision,
+            format!(
+                "reconciled: the host answered after the timeout: {}",
+                record.reason
+            ),
+            record.result,
+            Some(command_id.to_string()),
+        );
+        self.audit.record(r).await;
+    }
+
+    /// An operator's approval or denial of a pending action; returns what became of it, in
+    /// one sentence (the reply `osprey approve` prints).
+    pub async fn handle_approval(&mut self, payload: &[u8]) -> String {
         let approval: Approval = match protocol::decode(payload) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!("ignoring a malformed approval: {e}");
-                return;
+                return format!("refused: not an approval: {e}");
             }
         };
         if let Err(e) = signing::verify(&approval, &self.operators) {
             tracing::warn!(pending = %approval.pending_id, "ignoring an approval: {e}");
-            return;
+            return format!("refused: {e} (is the key in the responder's operator_keys?)");
         }
         let age = Timestamp::now().unix_nanos() - approval.issued_at.unix_nanos();
         if age.abs() > 300 * 1_000_000_000 || self.approval_nonces.contains(&approval.nonce) {
             tracing::warn!(pending = %approval.pending_id, "ignoring a stale or replayed approval");
-            return;
+            return "refused: a stale or replayed approval".to_string();
         }
         self.approval_nonces.push_back(approval.nonce.clone());
         if self.approval_nonces.len() > 10_000 {
             self.approval_nonces.pop_front();
         }
-        let Some(pending) = self.pending.remove(&approval.pending_id) else {
+        let Some(pending) = self.journal.pending().get(&approval.pending_id).cloned() else {
             tracing::warn!(pending = %approval.pending_id, "no such pending action (handled, expired or unknown)");
-            return;
+            return format!(
+                "no action {} awaits approval (handled, expired or unknown)",
+                approval.pending_id
+            );
         };
         let p = pending.planned;
+        let operator = approval.key_id.clone();
+        let mut decision = journal::Decision {
+            resolved: vec![approval.pending_id.clone()],
+            ..Default::default()
+        };
+        let with_operator = |mut r: AuditRecord| {
+            r.pending_id = Some(approval.pending_id.clone());
+            r.actor.key_id = Some(operator.clone());
+            r.actor.name.clone_from(&approval.operator);
+            Self::audit_effect(r)
+        };
+        let outcome;
         match approval.verdict {
             Verdict::Deny => {
-                let mut r = self.record(
+                outcome = format!("denied: {} not sent", action_name(p.kind));
+                let r = self.record(
                     &p,
                     Decision::Denied,
-                    format!("denied by operator {}", approval.key_id),
+                    format!("denied by operator {operator}"),
                     "not sent",
                     None,
                 );
-                r.pending_id = Some(approval.pending_id.clone());
-                r.actor.key_id = Some(approval.key_id.clone());
-                r.actor.name = approval.operator.clone();
-                self.audit.record(r).await;
+                decision.effects.push(with_operator(r));
             }
-            Verdict::Approve => {
-                let mut r = self.record(
-                    &p,
-                    Decision::Approved,
-                    format!("approved by operator {}", approval.key_id),
-                    "ok",
-                    None,
-                );
-                r.pending_id = Some(approval.pending_id.clone());
-                r.actor.key_id = Some(approval.key_id.clone());
-                r.actor.name = approval.operator.clone();
-                self.audit.record(r).await;
-                self.count(&p);
-                self.execute(&p, format!("approved by operator {}", approval.key_id))
-                    .await;
-            }
+            Verdict::Approve => match self.rate_limit(&p) {
+                Err(why) => {
+                    outcome = format!("approved, but not sent: {why}");
+                    let r = self.record(
+                        &p,
+                        Decision::RateLimited,
+                        format!("approved by operator {operator}, but {why}"),
+                        "not sent",
+                        None,
+                    );
+                    decision.effects.push(with_operator(r));
+                }
+                Ok(()) => {
+                    outcome = format!(
+                        "approved: {} sent to host {} (its outcome is in the audit trail)",
+                        action_name(p.kind),
+                        p.finding.host
+                    );
+                    let r = self.record(
+                        &p,
+                        Decision::Approved,
+                        format!("approved by operator {operator}"),
+                        "ok",
+                        None,
+                    );
+                    decision.effects.push(with_operator(r));
+                    self.act(
+                        p,
+                        format!("approved by operator {operator}"),
+                        Some(approval.pending_id.clone()),
+                        &mut decision,
+                    );
+                }
+            },
         }
+        self.commit_and_run(decision).await;
+        outcome
     }
 
-    /// Drops pending actions whose approval did not come in time; raises host-silence
-    /// findings.
+    /// Expires pending actions whose approval did not come in time (also those whose time
+    /// ran out while the responder was down); raises host-silence findings.
     pub async fn tick(&mut self, js: &async_nats::jetstream::Context) {
-        let now = Instant::now();
-        let expired: Vec<String> = self
-            .pending
+        let now = Timestamp::now();
+        let expired: Vec<(String, Planned)> = self
+            .journal
+            .pending()
             .iter()
             .filter(|(_, p)| p.deadline <= now)
-            .map(|(id, _)| id.clone())
+            .map(|(id, p)| (id.clone(), p.planned.clone()))
             .collect();
-        for id in expired {
-            if let Some(p) = self.pending.remove(&id) {
+        if !expired.is_empty() {
+            let mut decision = journal::Decision::default();
+            for (id, planned) in expired {
                 let mut r = self.record(
-                    &p.planned,
-                    Decision::Denied,
+                    &planned,
+                    Decision::Expired,
                     format!(
-                        "no approval within {}s; dropped",
+                        "no approval within {}s; not sent",
                         self.config.approval_timeout_secs
                     ),
                     "not sent",
                     None,
                 );
                 r.pending_id = Some(id.clone());
-                self.audit.record(r).await;
+                decision.effects.push(Self::audit_effect(r));
+                decision.resolved.push(id);
             }
+            self.commit_and_run(decision).await;
         }
+        self.report_silent_hosts(js).await;
+    }
+
+    async fn report_silent_hosts(&mut self, js: &async_nats::jetstream::Context) {
         if self.config.heartbeat_timeout_secs == 0 {
             return;
         }
         let timeout = Duration::from_secs(self.config.heartbeat_timeout_secs);
         let mut silent = Vec::new();
-        for (host, last, reported) in self.heartbeats.values_mut() {
+        for (token, (last, reported)) in &mut self.heartbeats {
             if !*reported && last.elapsed() > timeout {
                 *reported = true;
-                silent.push((host.clone(), last.elapsed()));
+                silent.push((token.clone(), last.elapsed()));
             }
         }
-        for (host, quiet) in silent {
+        for (token, quiet) in silent {
+            // Tokens come from heartbeats' subjects, which only valid tokens reach.
+            let Some(host) = subject::host_from_token(&token) else {
+                continue;
+            };
             let finding = crate::silence::finding(&host, quiet);
             tracing::warn!(
                 host,
@@ -505,9 +795,18 @@ impl Responder {
         }
     }
 
-    pub fn heartbeat(&mut self, subject_host: &str, host: String) {
+    /// A heartbeat arrived on `osprey.heartbeat.<token>`: that host is alive. Only the
+    /// subject counts (a host can only publish its own), never the payload's host name.
+    pub fn heartbeat(&mut self, subject_host: &str) {
+        if subject::host_from_token(subject_host).is_none() {
+            tracing::warn!(
+                token = subject_host,
+                "a heartbeat on a subject that is no host token; ignored"
+            );
+            return;
+        }
         self.heartbeats
-            .insert(subject_host.to_string(), (host, Instant::now(), false));
+            .insert(subject_host.to_string(), (Instant::now(), false));
     }
 
     /// Dry-run: decide and audit, send nothing (switched by operators: `control.rs`).
@@ -517,6 +816,16 @@ impl Responder {
 
     pub fn set_dry_run(&mut self, on: bool) {
         self.config.dry_run = on;
+    }
+}
+
+fn planned(kind: ActionKind, f: &Finding, ttl_secs: Option<u64>, block_port: bool) -> Planned {
+    let (action, target) = build_action(kind, f, ttl_secs, block_port);
+    Planned {
+        finding: f.clone(),
+        kind,
+        action,
+        target,
     }
 }
 
@@ -538,8 +847,8 @@ fn build_action(
 fn nats_addresses(urls: &str) -> Vec<std::net::IpAddr> {
     use std::net::ToSocketAddrs;
     let mut out = Vec::new();
-    for url in urls.split(',') {
-        let rest = url.trim().split("://").last().unwrap_or("");
+    for url in bus::servers(urls) {
+        let rest = url.split("://").last().unwrap_or("");
         let hostport = rest
             .rsplit('@')
             .next()

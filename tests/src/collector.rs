@@ -354,16 +354,17 @@ fn new_host() -> String {
 }
 
 async fn subscribe(client: &async_nats::Client, host: &str, received: Arc<Mutex<Received>>) {
+    let token = protocol::subject::host_token(host);
     let mut events = client
-        .subscribe(format!("osprey.events.{host}.>"))
+        .subscribe(format!("osprey.events.{token}.>"))
         .await
         .expect("subscribe");
     let mut findings = client
-        .subscribe(format!("osprey.findings.{host}.>"))
+        .subscribe(format!("osprey.findings.{token}.>"))
         .await
         .expect("subscribe");
     let mut heartbeats = client
-        .subscribe(format!("osprey.heartbeat.{host}"))
+        .subscribe(protocol::subject::heartbeat(host))
         .await
         .expect("subscribe");
     client.flush().await.expect("flush subscriptions");

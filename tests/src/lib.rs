@@ -7,6 +7,7 @@ pub mod browser;
 pub mod cgroup;
 pub mod collector;
 pub mod console;
+pub mod deployed;
 pub mod metrics;
 pub mod nats;
 pub mod responder;

@@ -12,15 +12,33 @@ pub struct Responder {
 
 impl Responder {
     pub fn start(config: &Path, extra: &[&str]) -> Responder {
+        Self::start_with_env(config, extra, &[])
+    }
+
+    /// [`Responder::start`] with extra environment variables (e.g. a failpoint).
+    pub fn start_with_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Responder {
         let child = Command::new(crate::bin_dir().join("osprey-responder"))
             .arg("--config")
             .arg(config)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("osprey-responder is built (cargo build --workspace --bins)");
         Responder { child }
+    }
+
+    /// Waits up to `within` for the responder to exit on its own; its status if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Runs the responder to completion (for start-up failures).

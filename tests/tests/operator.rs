@@ -11,9 +11,9 @@ use std::{
 
 use osprey_tests::{
     actuation::{live_exec_id, try_connects, wait_audit, wait_exit, Env},
-    collector::Collector,
+    deployed::Stack,
     eventually, marker,
-    nats::NatsServer,
+    nats::{Deployment, NatsServer},
     terminal::Tmux,
     workload,
 };
@@ -391,65 +391,19 @@ async fn suspend_then_resume_from_the_command_line() {
     let _ = child.wait();
 }
 
-/// Must-show 5: a host state query with a host's credentials is refused by the NATS server;
-/// the same query with an operator's is answered. The users and permissions mirror the rule
-/// of deploy/nats: hosts may not publish (so not request) on `osprey.query.>`, and only
-/// subscribe to their own `osprey.query.<host>`.
+/// Must-show 5: on the shipped NATS deployment (deploy/nats, credentials from `osprey creds`),
+/// a host state query with a host's credentials is refused by the server; the same query with
+/// an operator's is answered.
 #[tokio::test]
 async fn queries_need_operator_credentials() {
     let host = format!("e2equery{}", std::process::id());
-    let config = format!(
-        r#"
-# Clients without credentials (the collector here) are this host.
-no_auth_user: "host-{host}"
-authorization {{
-  users: [
-    {{
-      user: "host-{host}", password: "host-secret",
-      permissions: {{
-        publish: {{
-          allow: ["osprey.events.{host}.>", "osprey.findings.{host}.>", "osprey.heartbeat.{host}",
-                  "$JS.API.STREAM.INFO.OSPREY_FINDINGS", "$JS.API.STREAM.CREATE.OSPREY_FINDINGS", "_INBOX.>"]
-          deny: ["osprey.query.>"]
-        }}
-        subscribe: {{ allow: ["osprey.cmd.{host}", "osprey.query.{host}", "_INBOX.>"] }}
-        allow_responses: true
-      }}
-    }},
-    {{
-      user: "operator", password: "operator-secret",
-      permissions: {{
-        publish: {{ allow: ["osprey.query.>", "osprey.cmd.>", "osprey.responder.approvals", "$JS.API.>", "_INBOX.>"] }}
-        subscribe: {{ allow: ["osprey.>", "_INBOX.>"] }}
-      }}
-    }}
-  ]
-}}
-"#
-    );
-    let nats = NatsServer::start_with_config(&config);
-    let url_as =
-        |user: &str, password: &str| format!("nats://{user}:{password}@127.0.0.1:{}", nats.port());
-    let operator_url = url_as("operator", "operator-secret");
-    let host_url = nats.url();
-    let operator = async_nats::ConnectOptions::with_user_and_password(
-        "operator".into(),
-        "operator-secret".into(),
-    )
-    .connect(nats.url())
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let _collector = Collector::start_with_config(
-        &operator,
-        &host_url,
-        &dir.path().join("spool"),
-        Path::new("/dev/null"),
-        Some(&host),
-        &[],
-    )
-    .await;
+    let deployment = Deployment::new(&[&host]);
+    let nats = NatsServer::start_deployed(&deployment);
+    let stack = Stack::new("query", deployment, nats.url()).await;
+    let _collector = stack.collector(&host, "", &[]).await;
+    let creds = |path: PathBuf| path.display().to_string();
 
+    let operator_creds = creds(stack.deployment.operator_creds());
     let out = osprey(&[
         "ps",
         "--host",
@@ -457,7 +411,9 @@ authorization {{
         "--limit",
         "3",
         "--nats",
-        &operator_url,
+        &stack.url,
+        "--creds",
+        &operator_creds,
     ]);
     assert!(
         out.status.success(),
@@ -467,25 +423,13 @@ authorization {{
     assert!(stdout(&out).starts_with("RISK"), "{}", stdout(&out));
 
     // As the host: the server refuses the publish (a permissions violation), nothing answers.
-    let (violations, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let as_host = async_nats::ConnectOptions::new()
-        .event_callback(move |event| {
-            let violations = violations.clone();
-            async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    let _ = violations.send(e.to_string());
-                }
-            }
-        })
-        .user_and_password(format!("host-{host}"), "host-secret".into())
-        .connect(&host_url)
-        .await
-        .unwrap();
+    let as_host = stack.deployment.host(&stack.url, &host).await;
     let query = protocol::encode(&Query {
         kind: QueryKind::Processes(Default::default()),
     })
     .unwrap();
     let asked = as_host
+        .client
         .send_request(
             subject::query(&host),
             async_nats::Request::new()
@@ -494,21 +438,23 @@ authorization {{
         )
         .await;
     assert!(asked.is_err(), "a host's query was answered");
-    let violation = tokio::time::timeout(Duration::from_secs(10), seen.recv())
-        .await
-        .expect("the server reports the violation")
-        .unwrap();
+    let violation = as_host
+        .wait_error(&subject::query(&host), Duration::from_secs(10))
+        .await;
     assert!(
-        violation.to_lowercase().contains("permissions violation")
-            && violation.contains(&subject::query(&host)),
-        "{violation}"
+        violation.is_some(),
+        "the server reports the violation; errors: {:?}",
+        as_host.errors()
     );
+    let host_creds = creds(stack.deployment.host_creds(&host));
     let out = osprey(&[
         "ps",
         "--host",
         &host,
         "--nats",
-        &url_as(&format!("host-{host}"), "host-secret"),
+        &stack.url,
+        "--creds",
+        &host_creds,
     ]);
     assert!(
         !out.status.success(),

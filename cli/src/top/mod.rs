@@ -33,9 +33,12 @@ use tokio::sync::mpsc;
 use self::state::{App, Key, Request, Update};
 use crate::{
     audit,
-    bus::{KeyArgs, NatsArgs},
+    operator::{KeyArgs, NatsArgs},
     render,
 };
+
+/// How long an approval waits for a responder to listen.
+const APPROVAL_WAIT: Duration = Duration::from_secs(5);
 
 /// Most frames drawn per second (a key press is drawn at once).
 const MAX_FPS: u64 = 20;
@@ -220,7 +223,7 @@ async fn serve_requests(
             Request::Command { host, action, what } => {
                 let Some(key) = key.clone() else { continue };
                 tokio::spawn(async move {
-                    let result = crate::bus::command(&client, &key, &host, action)
+                    let result = crate::operator::command(&client, &key, &host, action)
                         .await
                         .map_err(|e| e.to_string());
                     feed.send(Update::ActionDone { what, result });
@@ -237,10 +240,17 @@ async fn serve_requests(
                         &KeyArgs::operator(&key),
                         &pending_id,
                         verdict,
+                        APPROVAL_WAIT,
                     )
                     .await
-                    .map(drop)
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+                    .and_then(|answer| {
+                        if answer.carried_out() {
+                            Ok(())
+                        } else {
+                            Err(answer.text)
+                        }
+                    });
                     let what = format!("{verdict:?} {pending_id}").to_lowercase();
                     feed.send(Update::ApprovalSent { what, result });
                 });

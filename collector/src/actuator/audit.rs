@@ -1,5 +1,5 @@
 //! The actuator's audit trail: one JSON line per decision in the audit file
-//! ([`crate::audit`]), and the same record on `osprey.audit`.
+//! ([`crate::audit`]), and the same record on `osprey.audit.<host>`.
 
 use std::path::PathBuf;
 
@@ -20,8 +20,9 @@ impl AuditLog {
         crate::audit::append(&self.path, record);
         if let (Some(client), Ok(bytes)) = (&self.client, protocol::encode(record)) {
             let client = client.clone();
+            let subject = protocol::subject::audit(&record.host);
             tokio::spawn(async move {
-                if let Err(e) = client.publish(protocol::subject::AUDIT, bytes.into()).await {
+                if let Err(e) = client.publish(subject, bytes.into()).await {
                     tracing::warn!("cannot publish an audit record: {e}");
                 }
             });

@@ -9,6 +9,7 @@
 //! Long actions (memory dumps, quarantines) run on the blocking pool and answer when done:
 //! a dump of a large process never holds up a kill, a TTL rollback or another command.
 
+mod answered;
 mod audit;
 mod dump;
 mod freeze;
@@ -42,6 +43,7 @@ pub use self::local::LocalResponse;
 pub use self::quarantine::HardLinks;
 pub use self::safety::{nats_endpoints, Endpoint};
 use self::{
+    answered::{Answered, Seen},
     audit::AuditLog,
     proc::{Member, PidFd},
     safety::{BlockLimits, Protected},
@@ -258,6 +260,8 @@ pub struct Actuator {
     active_blocks: Arc<AtomicU64>,
     images: Images,
     cgroup_root: PathBuf,
+    /// Answers by command id: a command re-sent with the same id is answered, not re-run.
+    answered: Answered,
 }
 
 impl Actuator {
@@ -315,6 +319,8 @@ impl Actuator {
             .load()
             .map_err(|e| anyhow::anyhow!("actuator state: {e}"))?;
         let audit = AuditLog::new(section.audit_file.clone(), client);
+        let answered = Answered::open(&section.state_dir)
+            .map_err(|e| anyhow::anyhow!("actuator state: {e}"))?;
         let mut actuator = Actuator {
             host: options.host,
             boot: options.boot,
@@ -329,6 +335,7 @@ impl Actuator {
             active_blocks: options.active_blocks,
             images: options.images,
             cgroup_root: options.cgroup_root,
+            answered,
         };
         actuator
             .active_blocks
@@ -459,9 +466,16 @@ impl Actuator {
                 return Handled::Done(result);
             }
         };
-        let step = match self.verify(&command) {
-            Ok(()) => self.perform(&command),
-            Err(refusal) => Step::Now(refusal),
+        let step = match self.answered.seen(&command, &self.host, &self.trusted) {
+            Some(Seen::Answered(first)) => {
+                tracing::info!(command_id = %command.id, "actuator: command sent again; answering as the first time, not running it again");
+                return Handled::Done(first);
+            }
+            Some(Seen::Conflict(reason)) => Step::Now(Outcome::refused(reason)),
+            None => match self.verify(&command) {
+                Ok(()) => self.perform(&command),
+                Err(refusal) => Step::Now(refusal),
+            },
         };
         self.conclude(command, step, None)
     }
@@ -558,10 +572,28 @@ impl Actuator {
             )));
         }
         let step = self.execute(command);
-        // A long action counts when accepted: its outcome comes later.
+        // A long action counts when accepted: its outcome comes later, audited, and a re-sent
+        // command is answered that it was accepted.
         let accepted = match &step {
-            Step::Now(outcome) => outcome.status == Status::Ok,
-            Step::Later(_) => true,
+            Step::Now(outcome) => {
+                let result = result_of(&self.host, command, outcome);
+                self.answered.remember(
+                    command,
+                    result.status,
+                    &result.reason,
+                    result.output.as_deref(),
+                );
+                outcome.status == Status::Ok
+            }
+            Step::Later(_) => {
+                self.answered.remember(
+                    command,
+                    CommandStatus::Ok,
+                    "accepted: a long action; its outcome is in the audit trail",
+                    None,
+                );
+                true
+            }
         };
         if accepted {
             self.recent

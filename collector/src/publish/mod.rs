@@ -1,13 +1,16 @@
 //! The publisher: where findings, events and heartbeats leave the collector.
 //!
 //! - **Findings** are appended to a bounded on-disk [spool](spool) first, then delivered by a
-//!   single sender task to the JetStream stream `OSPREY_FINDINGS`, strictly in order, with
-//!   `Nats-Msg-Id` = the finding id. A finding leaves the spool only after its PubAck, so NATS
-//!   outages (at start or mid-run) and collector restarts lose nothing, and a lost ack is
-//!   de-duplicated by the stream.
+//!   single sender task to the JetStream stream `OSPREY_FINDINGS`, in spool order, a batch of
+//!   PubAcks in flight at a time, with a `Nats-Msg-Id` that only this host can produce
+//!   ([`msgid`]). A finding leaves the spool only after its PubAck, so NATS outages (at start
+//!   or mid-run), cluster leader elections and collector restarts lose nothing, and a lost ack
+//!   is de-duplicated by the stream. A full spool evicts the lowest severity first.
 //! - **Events** and **heartbeats** go out with core NATS, best effort. [`Publisher::event`]
 //!   never blocks nor touches the disk: it queues into a bounded channel and counts what does
-//!   not fit, or what arrives while NATS is away, in `events_dropped`.
+//!   not fit, or what arrives while NATS is away, in `events_dropped`. Heartbeats have a queue
+//!   of their own that the sender serves first, so an event flood cannot crowd them out; each
+//!   carries the publisher's counters as they are when it is queued.
 //! - **`--output jsonl`** prints findings (and optionally events) as JSON lines on stdout from
 //!   a dedicated thread.
 //!
@@ -21,12 +24,12 @@
 //! ```
 
 mod jsonl;
+pub mod msgid;
 mod nats;
 pub mod spool;
 
 use std::{
     io,
-    path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
@@ -35,7 +38,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use protocol::{subject, Event, Finding, Heartbeat};
+use protocol::{subject, Event, Finding, Heartbeat, Severity};
 use tokio::{
     sync::{mpsc, watch, Notify},
     task::JoinHandle,
@@ -46,11 +49,14 @@ pub use nats::NatsConfig;
 pub use spool::{SpoolConfig, SpoolError};
 
 use jsonl::{JsonlSink, JsonlWriter, NotQueued};
+use msgid::MessageIds;
 use nats::{CoreMessage, FindingSender};
 use spool::Spool;
 
-/// Events and heartbeats waiting for the core sender before new ones are dropped.
-const CORE_QUEUE: usize = 8192;
+/// Events waiting for the core sender before new ones are dropped.
+const EVENT_QUEUE: usize = 8192;
+/// Heartbeats waiting for the core sender (they come every few seconds).
+const HEARTBEAT_QUEUE: usize = 16;
 
 /// Everything the publisher needs; built by the collector from its config file and flags.
 #[derive(Clone, Debug)]
@@ -68,8 +74,10 @@ pub struct PublisherConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("cannot read NATS credentials file {path}: {source}")]
-    Credentials { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Credentials(#[from] bus::CredentialsError),
+    #[error(transparent)]
+    MessageIdKey(#[from] msgid::KeyError),
     #[error("invalid NATS server address {url:?}: {source}")]
     Connect {
         url: String,
@@ -88,8 +96,11 @@ pub enum PublishError {
 pub struct PublisherStats {
     /// Findings waiting in the spool for a JetStream ack.
     pub spool_depth: u64,
-    /// Findings evicted, oldest first, from a full spool before they were acknowledged.
+    /// Findings evicted from a full spool before they were acknowledged (lowest severity
+    /// first, oldest first within a severity).
     pub spool_evicted: u64,
+    /// The same, per severity (index: `Severity as usize`).
+    pub spool_evicted_by_severity: [u64; 5],
     /// Findings the disk refused to spool; they are held in memory instead.
     pub spool_write_errors: u64,
     /// Findings acknowledged by JetStream (a re-sent duplicate counts once per ack).
@@ -102,8 +113,27 @@ pub struct PublisherStats {
     /// Events not published or not printed (queue full, NATS away, output closed), counted
     /// once per output that missed them.
     pub events_dropped: u64,
+    /// Heartbeats handed to the NATS client while connected.
+    pub heartbeats_published: u64,
     /// Heartbeats not published (queue full or NATS away).
     pub heartbeats_dropped: u64,
+}
+
+impl PublisherStats {
+    /// Writes the publisher's counters into a heartbeat.
+    pub fn stamp(&self, heartbeat: &mut Heartbeat) {
+        heartbeat.spool_depth = self.spool_depth;
+        heartbeat.spool_evicted = self.spool_evicted;
+        heartbeat.spool_evicted_by_severity = Severity::ALL
+            .iter()
+            .filter(|s| self.spool_evicted_by_severity[**s as usize] > 0)
+            .map(|s| (s.to_string(), self.spool_evicted_by_severity[*s as usize]))
+            .collect();
+        heartbeat.spool_write_errors = self.spool_write_errors;
+        heartbeat.findings_failed = self.findings_failed;
+        heartbeat.events_dropped = self.events_dropped;
+        heartbeat.heartbeats_dropped = self.heartbeats_dropped;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +142,7 @@ struct Counters {
     findings_failed: AtomicU64,
     events_published: AtomicU64,
     events_dropped: AtomicU64,
+    heartbeats_published: AtomicU64,
     heartbeats_dropped: AtomicU64,
 }
 
@@ -128,7 +159,8 @@ struct Inner {
     /// Present when NATS is configured.
     spool: Option<Arc<Mutex<Spool>>>,
     wake: Arc<Notify>,
-    core: Option<mpsc::Sender<CoreMessage>>,
+    events: Option<mpsc::Sender<CoreMessage>>,
+    heartbeats: Option<mpsc::Sender<CoreMessage>>,
     jsonl: Option<(JsonlSink, JsonlOptions)>,
 }
 
@@ -144,7 +176,8 @@ pub struct PublisherTask {
 impl Publisher {
     /// Opens the spool, connects to NATS in the background and starts the senders. It does
     /// not wait for NATS: a server that is down only delays delivery. Fails only on local
-    /// problems (spool directory, credentials file, malformed URL, thread creation).
+    /// problems (spool directory or its message id key, credentials file, malformed URL,
+    /// thread creation).
     pub async fn start(
         config: PublisherConfig,
     ) -> Result<(Publisher, PublisherTask), PublishError> {
@@ -160,11 +193,13 @@ impl Publisher {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
         let mut spool = None;
-        let mut core = None;
+        let mut events = None;
+        let mut heartbeats = None;
         let mut finding_sender = None;
         let mut core_sender = None;
         if let Some(nats_config) = &config.nats {
             let opened = Arc::new(Mutex::new(Spool::open(&config.spool)?));
+            let message_ids = MessageIds::open(&config.spool.dir)?;
             let connected = Arc::new(Notify::new());
             let nats_client = nats::connect(nats_config, &config.host, connected.clone()).await?;
             let sender = FindingSender {
@@ -172,20 +207,24 @@ impl Publisher {
                 host: config.host.clone(),
                 config: nats_config.clone(),
                 spool: opened.clone(),
+                message_ids,
                 counters: counters.clone(),
                 wake: wake.clone(),
                 connected,
                 shutdown: shutdown_rx.clone(),
             };
             finding_sender = Some(tokio::spawn(sender.run()));
-            let (tx, rx) = mpsc::channel(CORE_QUEUE);
+            let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+            let (heartbeats_tx, heartbeats_rx) = mpsc::channel(HEARTBEAT_QUEUE);
             core_sender = Some(tokio::spawn(nats::run_core_sender(
                 nats_client.clone(),
-                rx,
+                heartbeats_rx,
+                events_rx,
                 counters.clone(),
                 shutdown_rx.clone(),
             )));
-            core = Some(tx);
+            events = Some(events_tx);
+            heartbeats = Some(heartbeats_tx);
             spool = Some(opened);
         }
 
@@ -204,7 +243,8 @@ impl Publisher {
                 counters,
                 spool,
                 wake,
-                core,
+                events,
+                heartbeats,
                 jsonl,
             }),
         };
@@ -223,15 +263,14 @@ impl Publisher {
     pub fn event(&self, event: &Event) {
         let inner = &self.inner;
         if inner.publish_events {
-            if let Some(core) = &inner.core {
+            if let Some(events) = &inner.events {
                 match protocol::encode(event) {
                     Ok(payload) => {
                         let message = CoreMessage {
                             subject: subject::events(&inner.host, event.kind()),
                             payload: Bytes::from(payload),
-                            is_event: true,
                         };
-                        if core.try_send(message).is_err() {
+                        if events.try_send(message).is_err() {
                             inner.count_event_drop();
                         }
                     }
@@ -267,7 +306,7 @@ impl Publisher {
         if let Some(spool) = &inner.spool {
             match protocol::encode(finding) {
                 Ok(payload) => {
-                    lock(spool).append(&payload);
+                    lock(spool).append(finding.severity, &payload);
                     inner.wake.notify_one();
                 }
                 Err(error) => {
@@ -297,18 +336,21 @@ impl Publisher {
         }
     }
 
-    /// Queues an audit record for `osprey.audit` (core NATS, best effort: the audit file
-    /// keeps it too). Never blocks.
+    /// Queues an audit record for `osprey.audit.<host>` (core NATS, best effort: the audit
+    /// file keeps it too). Never blocks.
     pub fn audit(&self, record: &protocol::AuditRecord) {
-        let Some(core) = &self.inner.core else { return };
+        let inner = &self.inner;
+        // The heartbeats' queue: served first, so an event flood does not crowd it out.
+        let Some(queue) = &inner.heartbeats else {
+            return;
+        };
         match protocol::encode(record) {
             Ok(payload) => {
                 let message = CoreMessage {
-                    subject: subject::AUDIT.to_string(),
+                    subject: subject::audit(&inner.host),
                     payload: Bytes::from(payload),
-                    is_event: false,
                 };
-                if core.try_send(message).is_err() {
+                if queue.try_send(message).is_err() {
                     tracing::warn!(action = %record.action, "audit record not published: the queue is full");
                 }
             }
@@ -316,18 +358,22 @@ impl Publisher {
         }
     }
 
-    /// Queues a heartbeat for `osprey.heartbeat.<host>` (core NATS). Never blocks; a heartbeat
-    /// that cannot go now is counted in `heartbeats_dropped` (the next one carries fresher
-    /// numbers anyway).
+    /// Queues a heartbeat for `osprey.heartbeat.<host>` (core NATS), with the publisher's own
+    /// counters ([`PublisherStats::stamp`]) written into it. Never blocks; a heartbeat that
+    /// cannot go now is counted in `heartbeats_dropped` (the next one carries fresher numbers
+    /// anyway).
     pub fn heartbeat(&self, heartbeat: &Heartbeat) {
         let inner = &self.inner;
-        let Some(core) = &inner.core else { return };
-        let queued = match protocol::encode(heartbeat) {
-            Ok(payload) => core
+        let Some(heartbeats) = &inner.heartbeats else {
+            return;
+        };
+        let mut heartbeat = heartbeat.clone();
+        self.stats().stamp(&mut heartbeat);
+        let queued = match protocol::encode(&heartbeat) {
+            Ok(payload) => heartbeats
                 .try_send(CoreMessage {
                     subject: subject::heartbeat(&inner.host),
                     payload: Bytes::from(payload),
-                    is_event: false,
                 })
                 .is_ok(),
             Err(error) => {
@@ -345,22 +391,28 @@ impl Publisher {
 
     pub fn stats(&self) -> PublisherStats {
         let inner = &self.inner;
-        let (spool_depth, spool_evicted, spool_write_errors) = match &inner.spool {
+        let (spool_depth, spool_evicted_by_severity, spool_write_errors) = match &inner.spool {
             Some(spool) => {
                 let spool = lock(spool);
-                (spool.len() as u64, spool.evicted(), spool.write_errors())
+                (
+                    spool.len() as u64,
+                    spool.evicted_by_severity(),
+                    spool.write_errors(),
+                )
             }
-            None => (0, 0, 0),
+            None => (0, [0; 5], 0),
         };
         let counters = &inner.counters;
         PublisherStats {
             spool_depth,
-            spool_evicted,
+            spool_evicted: spool_evicted_by_severity.iter().sum(),
+            spool_evicted_by_severity,
             spool_write_errors,
             findings_published: counters.findings_published.load(Ordering::Relaxed),
             findings_failed: counters.findings_failed.load(Ordering::Relaxed),
             events_published: counters.events_published.load(Ordering::Relaxed),
             events_dropped: counters.events_dropped.load(Ordering::Relaxed),
+            heartbeats_published: counters.heartbeats_published.load(Ordering::Relaxed),
             heartbeats_dropped: counters.heartbeats_dropped.load(Ordering::Relaxed),
         }
     }
@@ -466,6 +518,7 @@ mod tests {
                     dir: dir.path().to_path_buf(),
                     max_bytes: 1 << 20,
                     max_findings: 10,
+                    fsync: false,
                 },
             };
             match Publisher::start(config).await {
@@ -493,6 +546,7 @@ mod tests {
                     dir: dir.path().join("spool"),
                     max_bytes: 1 << 20,
                     max_findings: 10,
+                    fsync: false,
                 },
             };
             let (publisher, task) = Publisher::start_with_output(config, Box::new(out.clone()))

@@ -1,7 +1,9 @@
-//! The NATS side of the publisher: the connection, the findings sender (JetStream, strictly in
-//! spool order) and the core sender (events and heartbeats, best effort).
+//! The NATS side of the publisher: the connection, the findings sender (JetStream, in spool
+//! order, a batch of acks in flight) and the core sender (events and heartbeats, best effort;
+//! heartbeats first).
 
 use std::{
+    future::IntoFuture,
     path::PathBuf,
     sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
@@ -9,39 +11,41 @@ use std::{
 
 use async_nats::{
     connection::State,
-    jetstream::{self, context::Publish, stream},
-    Client, ConnectOptions,
+    jetstream::{self, context::Publish},
+    Client,
 };
+use bus::{FindingsStream, IfMissing, OpenError};
 use bytes::Bytes;
 use protocol::{subject, Finding};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::{lock, spool::Spool, Counters, PublishError};
+use super::{lock, msgid::MessageIds, spool::Spool, Counters, PublishError};
 
 /// How to reach NATS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatsConfig {
     /// e.g. `nats://127.0.0.1:4222`; several servers may be given comma-separated.
     pub url: String,
-    /// A `.creds` file (JWT + nkey seed), as the deploy/ configs issue per host.
+    /// This host's NKey seed (`osprey creds host NAME`) or a `.creds` file.
     pub credentials: Option<PathBuf>,
-    /// Duplicate window of the `OSPREY_FINDINGS` stream when this publisher creates it. An
-    /// outage longer than this may re-deliver a finding whose ack was lost; consumers then
-    /// de-duplicate by finding id.
-    pub stream_duplicate_window: Duration,
+    /// `OSPREY_FINDINGS` as this publisher creates it when it is missing and the server lets
+    /// it (deployments with per-host permissions leave that to the responder).
+    pub stream: FindingsStream,
     /// How long to wait for each JetStream PubAck before retrying.
     pub ack_timeout: Duration,
 }
 
 impl NatsConfig {
-    pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
-    pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Acks take milliseconds, even from a 3-node cluster; what times out is a publish that
+    /// went to a stream without a leader (an election takes seconds), so the retry after a
+    /// short wait is the one that lands.
+    pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
     pub fn new(url: impl Into<String>) -> Self {
         NatsConfig {
             url: url.into(),
             credentials: None,
-            stream_duplicate_window: Self::DEFAULT_DUPLICATE_WINDOW,
+            stream: FindingsStream::default(),
             ack_timeout: Self::DEFAULT_ACK_TIMEOUT,
         }
     }
@@ -54,21 +58,11 @@ pub(crate) async fn connect(
     host: &str,
     connected: Arc<Notify>,
 ) -> Result<Client, PublishError> {
-    let servers = servers(&config.url);
+    let servers = bus::servers(&config.url);
     if servers.is_empty() {
         return Err(PublishError::NoNatsServer);
     }
-    let mut options = ConnectOptions::new();
-    if let Some(path) = &config.credentials {
-        options =
-            options
-                .credentials_file(path)
-                .await
-                .map_err(|source| PublishError::Credentials {
-                    path: path.clone(),
-                    source,
-                })?;
-    }
+    let options = bus::options(bus::Role::Host(host), config.credentials.as_deref())?;
     let url = config.url.clone();
     options
         .name(format!("osprey-collector@{host}"))
@@ -86,6 +80,9 @@ pub(crate) async fn connect(
                     async_nats::Event::Disconnected => {
                         tracing::warn!(%url, "NATS disconnected; findings are spooled until it returns")
                     }
+                    async_nats::Event::ServerError(error) => {
+                        tracing::error!(%url, %error, "NATS server refused something (permissions?)")
+                    }
                     other => tracing::debug!(%url, event = %other, "NATS"),
                 }
             }
@@ -96,14 +93,6 @@ pub(crate) async fn connect(
             url: config.url.clone(),
             source,
         })
-}
-
-/// `a,b,c` → the servers of a cluster (the client also learns the others from the first).
-fn servers(url: &str) -> Vec<&str> {
-    url.split(',')
-        .map(str::trim)
-        .filter(|server| !server.is_empty())
-        .collect()
 }
 
 /// Exponential backoff between delivery attempts, so an outage costs a retry every few
@@ -135,15 +124,31 @@ impl Backoff {
 enum DeliveryError {
     #[error("not connected to NATS")]
     NotConnected,
-    #[error("cannot create or look up stream OSPREY_FINDINGS: {0}")]
-    Stream(#[from] jetstream::context::CreateStreamError),
-    #[error("encoded finding is {len} bytes, over the server's max_payload of {max_payload}")]
-    TooLarge { len: usize, max_payload: usize },
+    #[error(transparent)]
+    Stream(#[from] OpenError),
     #[error("JetStream publish failed: {0}")]
     Publish(#[from] jetstream::context::PublishError),
 }
 
+impl DeliveryError {
+    fn stream_may_be_gone(&self) -> bool {
+        use jetstream::context::PublishErrorKind;
+        match self {
+            DeliveryError::NotConnected => false,
+            DeliveryError::Stream(_) => true,
+            DeliveryError::Publish(e) => !matches!(
+                e.kind(),
+                PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+            ),
+        }
+    }
+}
+
 const WARN_AFTER_FAILURES: u32 = 2;
+/// Findings published before their acks are awaited. A batch goes out back to back and its
+/// acks are awaited together; the next batch waits for them, so a failure is retried before
+/// anything newer is sent (which keeps the stream in spool order: see `deliver_batch`).
+const BATCH: usize = 64;
 
 /// The single task that moves findings from the spool to JetStream, oldest first.
 pub(crate) struct FindingSender {
@@ -151,12 +156,19 @@ pub(crate) struct FindingSender {
     pub(crate) host: String,
     pub(crate) config: NatsConfig,
     pub(crate) spool: Arc<Mutex<Spool>>,
+    pub(crate) message_ids: MessageIds,
     pub(crate) counters: Arc<Counters>,
     /// Rung by producers after each append.
     pub(crate) wake: Arc<Notify>,
     /// Rung by the connection when it (re)connects.
     pub(crate) connected: Arc<Notify>,
     pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// What one batch achieved.
+struct BatchOutcome {
+    delivered: usize,
+    failure: Option<DeliveryError>,
 }
 
 impl FindingSender {
@@ -176,10 +188,9 @@ impl FindingSender {
         // the sender often runs before the connection is up).
         let mut failures = 0u32;
         loop {
-            let head = lock(&self.spool).front();
-            let head = match head {
-                Ok(Some(head)) => head,
-                Ok(None) => {
+            let head = lock(&self.spool).head(BATCH);
+            let batch = match head {
+                Ok(batch) if batch.is_empty() => {
                     if stopping {
                         return;
                     }
@@ -189,8 +200,9 @@ impl FindingSender {
                     }
                     continue;
                 }
+                Ok(batch) => batch,
                 Err(error) => {
-                    tracing::error!(%error, "cannot read the oldest spooled finding; retrying");
+                    tracing::error!(%error, "cannot read the oldest spooled findings; retrying");
                     if stopping {
                         return;
                     }
@@ -198,24 +210,9 @@ impl FindingSender {
                     continue;
                 }
             };
-            let finding: Finding = match protocol::decode(&head.payload) {
-                Ok(finding) => finding,
-                Err(error) => {
-                    tracing::error!(seq = head.seq, %error, "spooled finding is unreadable; set aside as .unsent");
-                    self.set_aside(head.seq);
-                    continue;
-                }
-            };
-            match self
-                .deliver(&js, &finding, head.payload, &mut stream_ready)
-                .await
-            {
-                Ok(ack) => {
-                    let removed = lock(&self.spool).remove(head.seq);
-                    self.counters
-                        .findings_published
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(id = %finding.id, stream_seq = ack.sequence, duplicate = ack.duplicate, removed, "finding acknowledged by JetStream");
+            let outcome = self.deliver_batch(&js, batch, &mut stream_ready).await;
+            match outcome.failure {
+                None => {
                     if failures >= WARN_AFTER_FAILURES {
                         tracing::info!(
                             spool_depth = lock(&self.spool).len(),
@@ -225,17 +222,21 @@ impl FindingSender {
                     failures = 0;
                     backoff.reset();
                 }
-                Err(error @ DeliveryError::TooLarge { .. }) => {
-                    // Retrying cannot help, and the server would drop the connection.
-                    tracing::error!(id = %finding.id, %error, "finding set aside as .unsent");
-                    self.set_aside(head.seq);
-                }
-                Err(error) => {
-                    // Any failure may mean the stream was deleted or never created: look it up
-                    // again before the next attempt.
-                    stream_ready = false;
+                Some(error) => {
+                    // No stream answering may mean it was deleted: look it up again before the
+                    // next attempt. A timeout (a leader election in a cluster, a slow server)
+                    // does not: another lookup would only wait as long again.
+                    if error.stream_may_be_gone() {
+                        stream_ready = false;
+                    }
+                    if outcome.delivered > 0 {
+                        failures = 0;
+                        backoff.reset();
+                    }
                     failures = failures.saturating_add(1);
-                    if failures == WARN_AFTER_FAILURES {
+                    if failures == WARN_AFTER_FAILURES
+                        || matches!(error, DeliveryError::Stream(OpenError::Wrong(_)))
+                    {
                         let depth = lock(&self.spool).len();
                         tracing::warn!(%error, spool_depth = depth, "cannot deliver findings to JetStream; they stay in the spool and are retried");
                     } else {
@@ -250,37 +251,96 @@ impl FindingSender {
         }
     }
 
-    async fn deliver(
+    /// Publishes a batch back to back, then awaits all its acks at once (each bounded by the
+    /// ack timeout). Acknowledged findings leave the spool; from the first failure on, the
+    /// rest is retried by the next batch, so nothing newer is sent before it. The stream
+    /// could only get out of spool order if a stream leader were elected in the microseconds
+    /// between two messages of one batch; that is logged.
+    async fn deliver_batch(
         &self,
         js: &jetstream::Context,
-        finding: &Finding,
-        payload: Vec<u8>,
+        batch: Vec<super::spool::Spooled>,
         stream_ready: &mut bool,
-    ) -> Result<jetstream::publish::PublishAck, DeliveryError> {
+    ) -> BatchOutcome {
+        let failed = |failure: DeliveryError| BatchOutcome {
+            delivered: 0,
+            failure: Some(failure),
+        };
         // A request made while disconnected would sit in the client's buffer and be sent
         // again on every retry: only try on a live connection.
         if self.client.connection_state() != State::Connected {
-            return Err(DeliveryError::NotConnected);
-        }
-        let max_payload = self.client.server_info().max_payload;
-        if max_payload > 0 && payload.len() > max_payload {
-            return Err(DeliveryError::TooLarge {
-                len: payload.len(),
-                max_payload,
-            });
+            return failed(DeliveryError::NotConnected);
         }
         if !*stream_ready {
-            ensure_stream(js, &self.config).await?;
+            if let Err(error) =
+                bus::stream::open_findings(js, &self.client, &self.config.stream, IfMissing::Create)
+                    .await
+            {
+                return failed(error.into());
+            }
             *stream_ready = true;
         }
-        let publish = Publish::build()
-            .payload(Bytes::from(payload))
-            .message_id(&finding.id.0);
-        let ack = js
-            .send_publish(subject::findings(&self.host, finding.severity), publish)
-            .await?
-            .await?;
-        Ok(ack)
+        let max_payload = self.client.server_info().max_payload;
+        let mut in_flight = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for spooled in batch {
+            let finding: Finding = match protocol::decode(&spooled.payload) {
+                Ok(finding) => finding,
+                Err(error) => {
+                    tracing::error!(seq = spooled.seq, %error, "spooled finding is unreadable; set aside as .unsent");
+                    self.set_aside(spooled.seq);
+                    continue;
+                }
+            };
+            if max_payload > 0 && spooled.payload.len() > max_payload {
+                // Retrying cannot help, and the server would drop the connection.
+                tracing::error!(id = %finding.id, len = spooled.payload.len(), max_payload, "finding is over the server's max_payload; set aside as .unsent");
+                self.set_aside(spooled.seq);
+                continue;
+            }
+            let publish = Publish::build()
+                .payload(Bytes::from(spooled.payload))
+                .message_id(self.message_ids.for_finding(&finding.id));
+            match js
+                .send_publish(subject::findings(&self.host, finding.severity), publish)
+                .await
+            {
+                Ok(ack) => in_flight.push((spooled.seq, finding.id, ack.into_future())),
+                Err(error) => {
+                    failure = Some(error.into());
+                    break;
+                }
+            }
+        }
+        let (seqs_ids, acks): (Vec<_>, Vec<_>) = in_flight
+            .into_iter()
+            .map(|(seq, id, ack)| ((seq, id), ack))
+            .unzip();
+        let results = futures::future::join_all(acks).await;
+        let mut delivered = 0;
+        let mut first_failure_at = None;
+        for (index, ((seq, id), result)) in seqs_ids.into_iter().zip(results).enumerate() {
+            match result {
+                Ok(ack) => {
+                    if let Some(at) = first_failure_at {
+                        if !ack.duplicate {
+                            tracing::warn!(%id, failed_before = at, "a finding was stored after an earlier one of its batch failed: the stream holds them out of spool order");
+                        }
+                    }
+                    let removed = lock(&self.spool).remove(seq);
+                    self.counters
+                        .findings_published
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%id, stream_seq = ack.sequence, duplicate = ack.duplicate, removed, "finding acknowledged by JetStream");
+                    delivered += 1;
+                }
+                Err(error) => {
+                    first_failure_at.get_or_insert(index);
+                    failure.get_or_insert(error.into());
+                }
+            }
+        }
+        BatchOutcome { delivered, failure }
     }
 
     fn set_aside(&self, seq: u64) {
@@ -303,36 +363,20 @@ impl FindingSender {
     }
 }
 
-/// Creates `OSPREY_FINDINGS` if it is missing; an existing stream is used as it is (its owner
-/// may have tuned limits or replicas).
-pub(crate) async fn ensure_stream(
-    js: &jetstream::Context,
-    config: &NatsConfig,
-) -> Result<(), jetstream::context::CreateStreamError> {
-    js.get_or_create_stream(stream::Config {
-        name: subject::FINDINGS_STREAM.to_string(),
-        subjects: vec![subject::FINDINGS_WILDCARD.to_string()],
-        storage: stream::StorageType::File,
-        duplicate_window: config.stream_duplicate_window,
-        description: Some("Osprey findings (published by collectors)".to_string()),
-        ..Default::default()
-    })
-    .await?;
-    Ok(())
-}
-
 /// A core NATS message: an event or a heartbeat.
 pub(crate) struct CoreMessage {
     pub(crate) subject: String,
     pub(crate) payload: Bytes,
-    pub(crate) is_event: bool,
 }
 
-/// Publishes events and heartbeats with core NATS. Core publish only buffers in the client,
-/// so while disconnected messages are dropped and counted here instead of piling up there.
+/// Publishes events and heartbeats with core NATS, heartbeats first: they have a queue of
+/// their own, so a flood of events can delay a heartbeat by one publish but never drop it.
+/// Core publish only buffers in the client, so while disconnected messages are dropped and
+/// counted here instead of piling up there.
 pub(crate) async fn run_core_sender(
     client: Client,
-    mut rx: mpsc::Receiver<CoreMessage>,
+    mut heartbeats: mpsc::Receiver<CoreMessage>,
+    mut events: mpsc::Receiver<CoreMessage>,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -340,16 +384,18 @@ pub(crate) async fn run_core_sender(
     while !stopping {
         tokio::select! {
             biased;
-            message = rx.recv() => match message {
-                Some(message) => publish_core(&client, message, &counters).await,
-                None => break,
-            },
+            Some(message) = heartbeats.recv() => publish_core(&client, message, Kind::Heartbeat, &counters).await,
+            Some(message) = events.recv() => publish_core(&client, message, Kind::Event, &counters).await,
             _ = shutdown.changed() => stopping = true,
+            else => break,
         }
     }
     // Flush what was queued before shutdown.
-    while let Ok(message) = rx.try_recv() {
-        publish_core(&client, message, &counters).await;
+    while let Ok(message) = heartbeats.try_recv() {
+        publish_core(&client, message, Kind::Heartbeat, &counters).await;
+    }
+    while let Ok(message) = events.try_recv() {
+        publish_core(&client, message, Kind::Event, &counters).await;
     }
     if client.connection_state() == State::Connected {
         if let Err(error) = client.flush().await {
@@ -358,7 +404,13 @@ pub(crate) async fn run_core_sender(
     }
 }
 
-async fn publish_core(client: &Client, message: CoreMessage, counters: &Counters) {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Event,
+    Heartbeat,
+}
+
+async fn publish_core(client: &Client, message: CoreMessage, kind: Kind, counters: &Counters) {
     let dropped = if client.connection_state() != State::Connected {
         true
     } else {
@@ -370,11 +422,11 @@ async fn publish_core(client: &Client, message: CoreMessage, counters: &Counters
             }
         }
     };
-    let counter = match (message.is_event, dropped) {
-        (true, false) => &counters.events_published,
-        (true, true) => &counters.events_dropped,
-        (false, false) => return,
-        (false, true) => &counters.heartbeats_dropped,
+    let counter = match (kind, dropped) {
+        (Kind::Event, false) => &counters.events_published,
+        (Kind::Event, true) => &counters.events_dropped,
+        (Kind::Heartbeat, false) => &counters.heartbeats_published,
+        (Kind::Heartbeat, true) => &counters.heartbeats_dropped,
     };
     counter.fetch_add(1, Ordering::Relaxed);
 }

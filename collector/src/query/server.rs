@@ -24,11 +24,8 @@ pub struct QueryRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryServerError {
-    #[error("cannot read NATS credentials file {path}: {source}")]
-    Credentials {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Credentials(#[from] bus::CredentialsError),
     #[error("invalid NATS server address {url:?}: {source}")]
     Connect {
         url: String,
@@ -50,27 +47,17 @@ impl QueryServer {
         credentials: Option<&PathBuf>,
         host: &str,
     ) -> Result<QueryServer, QueryServerError> {
-        let mut options = async_nats::ConnectOptions::new()
-            .name("osprey-query")
+        // The host's own credentials and reply inbox, as the publisher's and the actuator's.
+        let client = bus::options(bus::Role::Host(host), credentials.map(PathBuf::as_path))?
+            .name(format!("osprey-query@{host}"))
             .retry_on_initial_connect()
-            .max_reconnects(None);
-        if let Some(path) = credentials {
-            options = options.credentials_file(path).await.map_err(|source| {
-                QueryServerError::Credentials {
-                    path: path.clone(),
-                    source,
-                }
+            .max_reconnects(None)
+            .connect(bus::servers(url))
+            .await
+            .map_err(|source| QueryServerError::Connect {
+                url: url.to_string(),
+                source,
             })?;
-        }
-        let servers: Vec<&str> = url.split(',').map(str::trim).collect();
-        let client =
-            options
-                .connect(servers)
-                .await
-                .map_err(|source| QueryServerError::Connect {
-                    url: url.to_string(),
-                    source,
-                })?;
         let (to_pipeline, requests) = mpsc::channel(QUEUE);
         let host = host.to_string();
         let task = tokio::spawn(serve(client, host, to_pipeline));

@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 use super::{ApiError, Who};
 use crate::{app::Shared, store::audit};
 
+/// How long an approval waits for a responder to listen (e.g. while it restarts).
+const APPROVAL_WAIT: Duration = Duration::from_secs(5);
+
 fn key(app: &Shared) -> Result<&KeyPair, ApiError> {
     app.key.as_ref().ok_or_else(|| {
         ApiError::new(
@@ -113,16 +116,27 @@ pub async fn decide(
         name: Some(&who.name),
     };
     tracing::info!(user = %who.name, pending = %pending_id, verdict = ?decision.verdict, "approval");
-    client::send_approval(&app.nats, &operator, &pending_id, decision.verdict).await?;
+    let answer = client::send_approval(
+        &app.nats,
+        &operator,
+        &pending_id,
+        decision.verdict,
+        APPROVAL_WAIT,
+    )
+    .await?;
     app.metrics.action(
         match decision.verdict {
             Verdict::Approve => "approve",
             Verdict::Deny => "deny",
         },
-        "ok",
+        if answer.carried_out() {
+            "ok"
+        } else {
+            "not_carried_out"
+        },
     );
     Ok(Json(
-        json!({ "pending_id": pending_id, "verdict": decision.verdict, "sent": true }),
+        json!({ "pending_id": pending_id, "verdict": decision.verdict, "sent": true, "carried_out": answer.carried_out(), "answer": answer.text }),
     ))
 }
 
