@@ -119,6 +119,17 @@ fn ring_records() -> Vec<(&'static str, Vec<u8>)> {
     tcp.reset = 1;
     tcp.source_port = 51234;
     tcp.source_addr[..4].copy_from_slice(&[192, 0, 2, 10]);
+    let mut close: TcpCloseRecord = zeroed();
+    close.header = header(RecordKind::TcpClose, 4242);
+    close.sock = connect4.sock;
+    close.established_ns = 1_000_000_000;
+    close.bytes_acked = 1234;
+    close.bytes_received = 5678;
+    close.owner_pid = 4242;
+    close.family = libc::AF_INET as u16;
+    close.source_port = 51234;
+    close.destination_port = 443;
+    close.destination_addr[..4].copy_from_slice(&[203, 0, 113, 7]);
     vec![
         ("exec", exec_record()),
         ("fork", bytes_of(&fork)),
@@ -127,6 +138,7 @@ fn ring_records() -> Vec<(&'static str, Vec<u8>)> {
         ("sendmsg6", bytes_of(&connect6)),
         ("syscall_result", bytes_of(&result)),
         ("tcp_outcome", bytes_of(&tcp)),
+        ("tcp_close", bytes_of(&close)),
     ]
 }
 

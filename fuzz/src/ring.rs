@@ -35,6 +35,9 @@ pub fn record(bytes: &[u8]) {
             decode::ip(libc::AF_INET as u16, &r.source_addr);
             decode::ip(libc::AF_INET6 as u16, &r.source_addr);
         }
+        Record::TcpClose(r) => {
+            decode::ip(r.family, &r.destination_addr);
+        }
         Record::Fork(_) | Record::SyscallResult(_) => {}
     }
 }
