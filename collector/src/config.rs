@@ -63,6 +63,8 @@ pub struct CollectorConfig {
     pub response: ResponseSection,
     /// The host's behaviour history, learned baselines and anomaly scoring (docs/history.md).
     pub history: history::HistoryConfig,
+    /// Where to serve Prometheus `/metrics` (docs/metrics.md); off when absent.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Who acts on findings.
@@ -287,6 +289,7 @@ impl Default for CollectorConfig {
             intel: intel::IntelConfig::default(),
             response: ResponseSection::default(),
             history: history::HistoryConfig::default(),
+            metrics_address: None,
         }
     }
 }

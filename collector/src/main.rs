@@ -83,6 +83,9 @@ struct Args {
     /// Keep no history, baselines or anomaly scores (`history.enabled: false`).
     #[arg(long)]
     no_history: bool,
+    /// Serve Prometheus `/metrics` on this address (`metrics_address`), e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<std::net::SocketAddr>,
     /// A file holding a public key (base64) whose signed commands the actuator obeys, on
     /// top of the configuration file's `actuator.trusted_key_files` (repeatable).
     #[arg(long, value_name = "PATH")]
@@ -130,6 +133,9 @@ fn apply(args: &Args, config: &mut CollectorConfig) {
     }
     if let Some(s) = args.heartbeat_interval_secs {
         config.heartbeat_interval_secs = s;
+    }
+    if let Some(address) = args.metrics_address {
+        config.metrics_address = Some(address);
     }
     if let Some(p) = &args.policy {
         config.policy = Some(p.clone());
@@ -388,6 +394,12 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
     })
     .await
     .context("cannot start the publisher")?;
+
+    if let Some(address) = config.metrics_address {
+        metrics::spawn(address, collector::metrics::get().registry())
+            .await
+            .context("cannot serve /metrics")?;
+    }
 
     let query_server = match config.nats.url.as_ref().filter(|_| config.query.enabled) {
         Some(url) => Some(

@@ -322,6 +322,7 @@ impl<S: EventSource> Pipeline<S> {
     /// A new finding: published, remembered (queries, history) and, with local response,
     /// handed to the actuator.
     fn found(&mut self, finding: Finding) {
+        crate::metrics::get().finding(finding.severity);
         self.activity.finding(&finding);
         self.publisher.finding(&finding);
         if let Some(history) = &mut self.history {
@@ -602,7 +603,7 @@ impl<S: EventSource> Pipeline<S> {
         let table = self.table.stats();
         let total: u64 = self.events_by_kind.values().sum();
         let elapsed = self.last_heartbeat.elapsed().as_secs_f64().max(0.001);
-        let heartbeat = Heartbeat {
+        let mut heartbeat = Heartbeat {
             host: self.options.host.clone(),
             time: Timestamp::now(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -619,19 +620,19 @@ impl<S: EventSource> Pipeline<S> {
             drops_by_cgroup: stats.drops_by_cgroup,
             pending,
             evicted,
-            spool_depth: publisher.spool_depth,
-            spool_evicted: publisher.spool_evicted,
             process_table_size: table.size,
             process_table_evicted: table.evicted,
             active_blocks: self
                 .options
                 .active_blocks
                 .load(std::sync::atomic::Ordering::Relaxed),
-            // The publisher writes its own counters in when it queues the heartbeat.
+            ring: stats.ring,
             ..Default::default()
         };
+        publisher.stamp(&mut heartbeat);
         self.events_at_last_heartbeat = total;
         self.last_heartbeat = Instant::now();
+        crate::metrics::get().heartbeat(&heartbeat);
         self.publisher.heartbeat(&heartbeat);
     }
 }

@@ -33,7 +33,7 @@ pub use event::{
     ForkEvent, IntelVerdictEvent, MemorySampleEvent, Outcome, SocketFamily, TransportProtocol,
 };
 pub use finding::{ActionKind, Detector, Finding, FindingId, Trigger};
-pub use heartbeat::Heartbeat;
+pub use heartbeat::{Heartbeat, RingUse};
 pub use process::{
     Ancestor, ArgvSource, ArgvTruncation, BootId, ExecId, ExecIdParseError, Process,
 };
