@@ -416,6 +416,21 @@ impl CollectorConfig {
         }
         self.local_networks()
             .map_err(|p| invalid("heuristics.local_networks", p))?;
+        // bpffs refuses to create anything whose name has a dot in it.
+        if let Some(name) = self
+            .sensor
+            .pin_dir
+            .file_name()
+            .filter(|n| n.to_string_lossy().contains('.'))
+        {
+            return Err(invalid(
+                "sensor.pin_dir",
+                format!(
+                    "{:?}: bpffs refuses names with a dot",
+                    name.to_string_lossy()
+                ),
+            ));
+        }
         if self.spool.max_findings == 0 {
             return Err(invalid("spool.max_findings", "must be at least 1".into()));
         }

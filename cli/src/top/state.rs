@@ -878,6 +878,7 @@ mod tests {
                 closed: None,
             }],
             findings: vec![],
+            intel: None,
             risk: Risk {
                 level: risk,
                 reasons: vec![],
