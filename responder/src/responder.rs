@@ -422,7 +422,9 @@ impl Responder {
             }
         }
         if let Some(Action::Block { cidr, .. }) = &p.action {
-            let net: IpNet = cidr.parse().map_err(|e| format!("{cidr}: {e}"))?;
+            // An address or a network, IPv4-mapped IPv6 taken as the IPv4 it is.
+            let net = protocol::net::parse_net(cidr)
+                .ok_or_else(|| format!("{cidr:?} is neither an address nor a network"))?;
             if let Some(n) = self
                 .protected_networks
                 .iter()

@@ -134,53 +134,31 @@ async fn main() {
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut exec = Measured::new();
     let mut conn = Measured::new();
+    let mut exec_bare = Measured::new();
+    let mut conn_bare = Measured::new();
     let mut peak_rss = 0;
+    let mut peak_rss_bare = 0;
     let mut latencies: Vec<f64> = Vec::new();
 
     for round in 0..ROUNDS {
         // Without the collector.
-        exec.without
-            .push(EXECS as f64 / exec_storm(&marker("warm")).as_secs_f64());
-        conn.without
-            .push(CONNECTS as f64 / connect_storm(port).as_secs_f64());
+        let without = EXECS as f64 / exec_storm(&marker("warm")).as_secs_f64();
+        exec.without.push(without);
+        exec_bare.without.push(without);
+        let without = CONNECTS as f64 / connect_storm(port).as_secs_f64();
+        conn.without.push(without);
+        conn_bare.without.push(without);
 
-        // With it: a fresh collector per round.
-        let collector = Collector::start(
-            &client,
-            &nats.url(),
-            &dir.path().join(format!("spool{round}")),
-            &[],
-        )
-        .await;
+        // With it, its history off and on: a fresh collector for each.
+        let spool = dir.path().join(format!("spool{round}-off"));
+        let bare = Collector::start(&client, &nats.url(), &spool, &["--no-history"]).await;
+        storms(&bare, &mut exec_bare, &mut conn_bare, port, tck).await;
+        peak_rss_bare = peak_rss_bare.max(peak_rss_kib(bare.pid()));
+        drop(bare);
+        let spool = dir.path().join(format!("spool{round}"));
+        let collector = Collector::start(&client, &nats.url(), &spool, &[]).await;
         let pid = collector.pid();
-        let mark = marker("exec");
-        let cpu0 = cpu_ticks(pid);
-        let elapsed = exec_storm(&mark);
-        exec.with.push(EXECS as f64 / elapsed.as_secs_f64());
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let cpu1 = cpu_ticks(pid);
-        let got = collector
-            .events(|e| {
-                matches!(e.detail, EventDetail::Exec(_))
-                    && e.process.argv.get(1).is_some_and(|a| a.starts_with(&mark))
-            })
-            .len();
-        exec.captured.push(got as f64 / EXECS as f64);
-        // fork + exec + exit per process.
-        exec.cpu_us_per_event
-            .push((cpu1 - cpu0) as f64 / tck * 1e6 / (3 * EXECS) as f64);
-
-        let cpu0 = cpu_ticks(pid);
-        let elapsed = connect_storm(port);
-        conn.with.push(CONNECTS as f64 / elapsed.as_secs_f64());
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let cpu1 = cpu_ticks(pid);
-        let got = collector
-            .events(|e| matches!(&e.detail, EventDetail::Connect(c) if c.destination_port == port))
-            .len();
-        conn.captured.push(got as f64 / CONNECTS as f64);
-        conn.cpu_us_per_event
-            .push((cpu1 - cpu0) as f64 / tck * 1e6 / CONNECTS as f64);
+        storms(&collector, &mut exec, &mut conn, port, tck).await;
 
         // Latency: a background shell per sample raises a finding; compare the exec's kernel
         // timestamp with the moment the finding reaches this NATS subscriber.
@@ -214,9 +192,15 @@ async fn main() {
     println!(
         "osprey bench: {ROUNDS} interleaved rounds; {EXECS} execs and {CONNECTS} connects per run"
     );
-    exec.report("exec storm", "exec");
-    conn.report("connect storm", "connect");
-    println!("collector peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);
+    exec.report("exec storm (history on)", "exec");
+    exec_bare.report("exec storm (history off)", "exec");
+    conn.report("connect storm (history on)", "connect");
+    conn_bare.report("connect storm (history off)", "connect");
+    println!(
+        "collector peak RSS: {:.1} MiB with its history, {:.1} MiB without",
+        peak_rss as f64 / 1024.0,
+        peak_rss_bare as f64 / 1024.0
+    );
     println!(
         "exec→finding latency (NATS subscriber, {} samples): p50 {:.2} ms, p99 {:.2} ms",
         latencies.len(),
@@ -228,6 +212,45 @@ async fn main() {
     let collector = Collector::start(&client, &nats.url(), &dir.path().join("spool-q"), &[]).await;
     query_latency(&client, &collector).await;
     console(&collector, &nats, port, tck).await;
+}
+
+/// The exec storm and the connect storm under `collector`, into `exec` and `conn`.
+async fn storms(
+    collector: &Collector,
+    exec: &mut Measured,
+    conn: &mut Measured,
+    port: u16,
+    tck: f64,
+) {
+    let pid = collector.pid();
+    let mark = marker("exec");
+    let cpu0 = cpu_ticks(pid);
+    let elapsed = exec_storm(&mark);
+    exec.with.push(EXECS as f64 / elapsed.as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu1 = cpu_ticks(pid);
+    let got = collector
+        .events(|e| {
+            matches!(e.detail, EventDetail::Exec(_))
+                && e.process.argv.get(1).is_some_and(|a| a.starts_with(&mark))
+        })
+        .len();
+    exec.captured.push(got as f64 / EXECS as f64);
+    // fork + exec + exit per process.
+    exec.cpu_us_per_event
+        .push((cpu1 - cpu0) as f64 / tck * 1e6 / (3 * EXECS) as f64);
+
+    let cpu0 = cpu_ticks(pid);
+    let elapsed = connect_storm(port);
+    conn.with.push(CONNECTS as f64 / elapsed.as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu1 = cpu_ticks(pid);
+    let got = collector
+        .events(|e| matches!(&e.detail, EventDetail::Connect(c) if c.destination_port == port))
+        .len();
+    conn.captured.push(got as f64 / CONNECTS as f64);
+    conn.cpu_us_per_event
+        .push((cpu1 - cpu0) as f64 / tck * 1e6 / CONNECTS as f64);
 }
 
 /// Host state query round trips (a NATS request answered by the collector's pipeline), with
