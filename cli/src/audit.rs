@@ -161,7 +161,9 @@ pub fn line(r: &AuditRecord, colour: bool) -> String {
         Decision::Executed | Decision::Approved => "\x1b[32m",
         Decision::Refused | Decision::Denied | Decision::Failed => "\x1b[31m",
         Decision::AwaitingApproval | Decision::RateLimited | Decision::Unknown => "\x1b[33m",
-        Decision::DryRun | Decision::RolledBack | Decision::Expired => "\x1b[2m",
+        Decision::DryRun | Decision::RolledBack | Decision::Expired | Decision::Proposed => {
+            "\x1b[2m"
+        }
     };
     format!("{sgr}{text}{}", render::RESET)
 }
