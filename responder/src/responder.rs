@@ -820,7 +820,11 @@ impl Responder {
                 let mut p = planned(proposal.action, &finding, None, false);
                 p.target = proposal.target.map(|t| t.to_string());
                 p.investigation_id = Some(proposal.investigation_id.clone());
-                let r = self.record(&p, Decision::Refused, format!("{by}: {why}"), "refused", None);
+                let mut r =
+                    self.record(&p, Decision::Refused, format!("{by}: {why}"), "refused", None);
+                // The record is about the process the proposal named, not the finding's.
+                r.pid = proposal.target.map(|t| t.pid);
+                r.exe = None;
                 decision.effects.push(Self::audit_effect(r));
             }
             Ok(mut p) => {

@@ -5,6 +5,7 @@
 pub mod actuation;
 pub mod browser;
 pub mod cgroup;
+pub mod llm;
 pub mod collector;
 pub mod console;
 pub mod deployed;
