@@ -850,20 +850,23 @@ impl Responder {
             let r = this.record(p, Decision::Refused, format!("{by}: {why}"), "refused", None);
             decision.effects.push(Self::audit_effect(r));
         };
+        // The safety controls first, whatever the autonomy: pid 1, protected executables
+        // and protected networks are refused as such (the policy path checks them again).
+        if let Err(why) = self.safety(&p) {
+            refuse(self, &p, why, decision);
+            return;
+        }
         match self.config.ai.autonomy {
-            Autonomy::Propose => match self.safety(&p) {
-                Err(why) => refuse(self, &p, why, decision),
-                Ok(()) => {
-                    let r = self.record(
-                        &p,
-                        Decision::Proposed,
-                        format!("{by} proposes it ({reason}); ai.autonomy is propose: not acted on"),
-                        "not sent",
-                        None,
-                    );
-                    decision.effects.push(Self::audit_effect(r));
-                }
-            },
+            Autonomy::Propose => {
+                let r = self.record(
+                    &p,
+                    Decision::Proposed,
+                    format!("{by} proposes it ({reason}); ai.autonomy is propose: not acted on"),
+                    "not sent",
+                    None,
+                );
+                decision.effects.push(Self::audit_effect(r));
+            }
             Autonomy::Approval => {
                 let plan = Plan {
                     rule: by.to_string(),
@@ -1112,4 +1115,44 @@ fn nats_addresses(urls: &str) -> Vec<std::net::IpAddr> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Ancestor, BootId, ExecId};
+
+    fn exec(pid: u32) -> ExecId {
+        ExecId {
+            boot: BootId(7),
+            pid,
+            start_ticks: 100 + u64::from(pid),
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn a_proposal_may_name_the_finding_s_process_or_an_ancestor_and_nothing_else() {
+        let mut finding = crate::silence::finding("h", Duration::from_secs(1));
+        finding.process = Process::new(exec(42), "/usr/bin/python3", vec!["python3".into()]);
+        finding.ancestry = vec![Ancestor {
+            exec_id: exec(1),
+            pid: 1,
+            name: "systemd".into(),
+            exe: "/usr/lib/systemd/systemd".into(),
+            argv: vec!["/sbin/init".into()],
+            tty: None,
+        }];
+        let propose = |target| {
+            Proposal::new("inv", "h", finding.id.clone(), ActionKind::Kill, target, "r")
+        };
+        let own = proposal_target(&finding, &propose(None)).unwrap();
+        assert_eq!(own.action.and_then(|a| a.target()), Some(exec(42)));
+        // An ancestor: every safety check then sees that process (pid 1 here).
+        let init = proposal_target(&finding, &propose(Some(exec(1)))).unwrap();
+        assert_eq!(init.finding.process.pid, 1);
+        assert_eq!(init.action.and_then(|a| a.target()), Some(exec(1)));
+        let stranger = proposal_target(&finding, &propose(Some(exec(99)))).unwrap_err();
+        assert!(stranger.contains("neither"), "{stranger}");
+    }
 }

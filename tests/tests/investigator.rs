@@ -302,6 +302,11 @@ async fn instructions_in_argv_reach_the_model_only_as_data_and_pid_1_is_never_ta
     })
     .await;
     assert_eq!(refused.decision, Decision::Refused, "{refused:?}");
+    assert!(
+        refused.reason.contains("pid 1 is protected")
+            || refused.reason.contains("neither the finding's process"),
+        "{refused:?}"
+    );
     assert_eq!(record.proposals[0].reply.as_ref().unwrap().decision, Some(Decision::Refused));
     // The policy only logs script engines: a kill of the finding's own process is outside it.
     let second = record.proposals[1].reply.as_ref().unwrap();
