@@ -281,10 +281,10 @@ mod tests {
             .all(|s| !s.contains(RESPONDER_CONSUMER) && !s.starts_with("osprey.cmd")));
         assert!(!p.allow_responses);
         // Nobody else may pull from or ack the investigator's consumer.
-        assert!(operator()
-            .publish_deny
-            .iter()
-            .any(|s| s.ends_with(&format!("MSG.NEXT.{}.{INVESTIGATOR_CONSUMER}", subject::FINDINGS_STREAM))));
+        assert!(operator().publish_deny.iter().any(|s| s.ends_with(&format!(
+            "MSG.NEXT.{}.{INVESTIGATOR_CONSUMER}",
+            subject::FINDINGS_STREAM
+        ))));
         assert!(responder()
             .subscribe_allow
             .iter()

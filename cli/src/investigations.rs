@@ -119,7 +119,9 @@ async fn read(nats: &NatsArgs, host: Option<&str>) -> anyhow::Result<Vec<Investi
         let message = message.context("reading the investigations stream")?;
         match protocol::decode::<Investigation>(&message.payload) {
             Ok(record) => out.push(record),
-            Err(e) => tracing::warn!(subject = %message.subject, "skipping a record that is not an investigation: {e}"),
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, "skipping a record that is not an investigation: {e}")
+            }
         }
     }
     Ok(out)

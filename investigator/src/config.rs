@@ -142,7 +142,9 @@ impl InvestigatorConfig {
         } else {
             yaml_serde::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         };
-        config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(config)
     }
 
@@ -150,7 +152,9 @@ impl InvestigatorConfig {
         self.redactor()?;
         let b = &self.budgets;
         if b.max_steps == 0 || b.max_tokens == 0 || b.wall_secs == 0 || b.max_concurrent == 0 {
-            anyhow::bail!("budgets: max_steps, max_tokens, wall_secs and max_concurrent must be at least 1");
+            anyhow::bail!(
+                "budgets: max_steps, max_tokens, wall_secs and max_concurrent must be at least 1"
+            );
         }
         if self.consumer.is_empty() || self.consumer.contains(['.', '*', '>', ' ']) {
             anyhow::bail!("consumer: {:?} is not a valid durable name", self.consumer);

@@ -72,11 +72,7 @@ pub fn record(finding: &Finding, model: &str, outcome: InvestigationOutcome) -> 
 
 /// Investigates `finding` within the budgets; always returns a record.
 pub async fn investigate(ctx: &Context, finding: &Finding) -> Investigation {
-    let mut inv = record(
-        finding,
-        ctx.llm.model(),
-        InvestigationOutcome::Concluded,
-    );
+    let mut inv = record(finding, ctx.llm.model(), InvestigationOutcome::Concluded);
     let wall = Duration::from_secs(ctx.budgets.wall_secs);
     let outcome = match tokio::time::timeout(wall, run(ctx, finding, &mut inv)).await {
         Ok(outcome) => outcome,

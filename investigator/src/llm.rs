@@ -76,7 +76,11 @@ impl Llm {
     }
 
     /// One chat-completions round trip.
-    pub async fn complete(&self, messages: &[Value], tools: &Value) -> Result<Completion, LlmError> {
+    pub async fn complete(
+        &self,
+        messages: &[Value],
+        tools: &Value,
+    ) -> Result<Completion, LlmError> {
         let body = json!({
             "model": self.model,
             "messages": messages,
@@ -185,6 +189,9 @@ mod tests {
         assert_eq!(c.tool_calls[0].name, "get_process");
         assert!(c.content.is_none());
         assert!(matches!(parse("<html>", 0), Err(LlmError::Garbage(_))));
-        assert!(matches!(parse("{\"choices\":[]}", 0), Err(LlmError::Garbage(_))));
+        assert!(matches!(
+            parse("{\"choices\":[]}", 0),
+            Err(LlmError::Garbage(_))
+        ));
     }
 }

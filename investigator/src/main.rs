@@ -169,7 +169,14 @@ async fn open_findings(
 ) -> anyhow::Result<stream::Stream> {
     let mut warned = false;
     loop {
-        match bus::stream::open_findings(js, nats, &bus::FindingsStream::default(), bus::IfMissing::Fail).await {
+        match bus::stream::open_findings(
+            js,
+            nats,
+            &bus::FindingsStream::default(),
+            bus::IfMissing::Fail,
+        )
+        .await
+        {
             Ok(stream) => return Ok(stream),
             Err(bus::OpenError::Wrong(wrong)) => anyhow::bail!("{wrong}"),
             Err(e) => {

@@ -45,7 +45,13 @@ impl Memory {
     pub fn related(&self, host: &str, except: &protocol::FindingId) -> Vec<Finding> {
         self.findings
             .get(host)
-            .map(|l| l.iter().rev().filter(|f| &f.id != except).cloned().collect())
+            .map(|l| {
+                l.iter()
+                    .rev()
+                    .filter(|f| &f.id != except)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use protocol::{
-    signing::KeyPair, subject, ActionKind, ExecId, Finding, ProcessFilter, Proposal,
-    ProposalReply, Query, QueryKind, Severity, SortKey,
+    signing::KeyPair, subject, ActionKind, ExecId, Finding, ProcessFilter, Proposal, ProposalReply,
+    Query, QueryKind, Severity, SortKey,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -9,8 +9,7 @@ use clap::Parser;
 use futures::StreamExt;
 use protocol::{signing::KeyPair, subject, AuditRecord, Finding, Heartbeat};
 use responder::{
-    config::ResponderConfig, control::Control, policy::ResponsePolicy,
-    responder::Responder,
+    config::ResponderConfig, control::Control, policy::ResponsePolicy, responder::Responder,
 };
 
 /// Osprey's response service: findings → response policy → safety controls → signed

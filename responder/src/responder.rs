@@ -820,8 +820,13 @@ impl Responder {
                 let mut p = planned(proposal.action, &finding, None, false);
                 p.target = proposal.target.map(|t| t.to_string());
                 p.investigation_id = Some(proposal.investigation_id.clone());
-                let mut r =
-                    self.record(&p, Decision::Refused, format!("{by}: {why}"), "refused", None);
+                let mut r = self.record(
+                    &p,
+                    Decision::Refused,
+                    format!("{by}: {why}"),
+                    "refused",
+                    None,
+                );
                 // The record is about the process the proposal named, not the finding's.
                 r.pid = proposal.target.map(|t| t.pid);
                 r.exe = None;
@@ -847,7 +852,13 @@ impl Responder {
         decision: &mut journal::Decision,
     ) {
         let refuse = |this: &Self, p: &Planned, why: String, decision: &mut journal::Decision| {
-            let r = this.record(p, Decision::Refused, format!("{by}: {why}"), "refused", None);
+            let r = this.record(
+                p,
+                Decision::Refused,
+                format!("{by}: {why}"),
+                "refused",
+                None,
+            );
             decision.effects.push(Self::audit_effect(r));
         };
         // The safety controls first, whatever the autonomy: pid 1, protected executables
@@ -878,9 +889,7 @@ impl Responder {
                 self.decide(&plan, p, decision, true);
             }
             Autonomy::WithinPolicy => {
-                let own = proposal
-                    .target
-                    .is_none_or(|t| t == finding.process.exec_id);
+                let own = proposal.target.is_none_or(|t| t == finding.process.exec_id);
                 match self.policy.plan(finding) {
                     Some(plan) if own && plan.actions.contains(&p.kind) => {
                         // Exactly what the policy would do: its ttl, its port choice, its path.
@@ -1041,7 +1050,11 @@ fn proposal_target(finding: &Finding, proposal: &Proposal) -> Result<Planned, St
             format!("{target} is neither the finding's process nor one of its ancestors")
         })?;
     let mut about = finding.clone();
-    about.process = Process::new(ancestor.exec_id, ancestor.exe.clone(), ancestor.argv.clone());
+    about.process = Process::new(
+        ancestor.exec_id,
+        ancestor.exe.clone(),
+        ancestor.argv.clone(),
+    );
     about.process.pid = ancestor.pid;
     about.process.tty.clone_from(&ancestor.tty);
     about.ancestry.clear();
@@ -1144,7 +1157,14 @@ mod tests {
             tty: None,
         }];
         let propose = |target| {
-            Proposal::new("inv", "h", finding.id.clone(), ActionKind::Kill, target, "r")
+            Proposal::new(
+                "inv",
+                "h",
+                finding.id.clone(),
+                ActionKind::Kill,
+                target,
+                "r",
+            )
         };
         let own = proposal_target(&finding, &propose(None)).unwrap();
         assert_eq!(own.action.and_then(|a| a.target()), Some(exec(42)));

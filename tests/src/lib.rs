@@ -5,10 +5,10 @@
 pub mod actuation;
 pub mod browser;
 pub mod cgroup;
-pub mod llm;
 pub mod collector;
 pub mod console;
 pub mod deployed;
+pub mod llm;
 pub mod metrics;
 pub mod nats;
 pub mod responder;

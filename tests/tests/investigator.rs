@@ -46,9 +46,19 @@ struct Stack {
 }
 
 impl Stack {
-    async fn start(tag: &str, policy: &str, autonomy: &str, llm_url: &str, max_steps: u32) -> Stack {
+    async fn start(
+        tag: &str,
+        policy: &str,
+        autonomy: &str,
+        llm_url: &str,
+        max_steps: u32,
+    ) -> Stack {
         let env = Env::new(tag).await;
-        let records = env.client.subscribe("osprey.investigations.>").await.unwrap();
+        let records = env
+            .client
+            .subscribe("osprey.investigations.>")
+            .await
+            .unwrap();
         let collector = env.collector("", None).await;
         let operator = KeyPair::generate().unwrap();
         let operator_key = env.path("operator.key");
@@ -171,12 +181,23 @@ async fn a_high_finding_is_investigated_with_real_tool_results_and_its_proposed_
         ),
         _ => llm::conclude("malicious", "python connected out from a test cgroup"),
     });
-    let mut stack = Stack::start("ai-approve", LOG_SCRIPT_ENGINES, "approval", &model.base_url(), 6).await;
+    let mut stack = Stack::start(
+        "ai-approve",
+        LOG_SCRIPT_ENGINES,
+        "approval",
+        &model.base_url(),
+        6,
+    )
+    .await;
     let mut child = stack.script_engine(&marker("ai-approve"), &[]);
     let finding = stack.finding_of(&child).await;
     let record = stack.record(&finding).await;
 
-    assert_eq!(record.outcome, InvestigationOutcome::Concluded, "{record:#?}");
+    assert_eq!(
+        record.outcome,
+        InvestigationOutcome::Concluded,
+        "{record:#?}"
+    );
     assert_eq!(record.verdict, Some(Assessment::Malicious));
     assert_eq!(record.host, stack.collector.host);
     // The first step is the tool call the stand-in asked for, with the host's real answer:
@@ -187,7 +208,10 @@ async fn a_high_finding_is_investigated_with_real_tool_results_and_its_proposed_
     assert_eq!(result["tool"], "get_process");
     let state = &result["untrusted_data"];
     assert_eq!(state["process"]["pid"], child.id(), "{state:#}");
-    assert_eq!(state["process"]["exec_id"], finding.process.exec_id.to_string());
+    assert_eq!(
+        state["process"]["exec_id"],
+        finding.process.exec_id.to_string()
+    );
     assert_eq!(state["ancestry"][0]["pid"], std::process::id(), "{state:#}");
     // ... and that is what the model was sent.
     let sent: Vec<Value> = model
@@ -205,16 +229,26 @@ async fn a_high_finding_is_investigated_with_real_tool_results_and_its_proposed_
     // The proposed kill waits for an operator.
     let proposal = &record.proposals[0];
     let reply = proposal.reply.as_ref().expect("the responder answered");
-    assert_eq!(reply.decision, Some(Decision::AwaitingApproval), "{reply:?}");
+    assert_eq!(
+        reply.decision,
+        Some(Decision::AwaitingApproval),
+        "{reply:?}"
+    );
     let pending_id = reply.pending_id.clone().unwrap();
     let pending = wait_audit(&stack.env.responder_audit(), "the held kill", |r| {
         r.decision == Decision::AwaitingApproval && r.pending_id.as_deref() == Some(&pending_id)
     })
     .await;
-    assert_eq!(pending.investigation_id.as_deref(), Some(record.id.as_str()));
+    assert_eq!(
+        pending.investigation_id.as_deref(),
+        Some(record.id.as_str())
+    );
     assert_eq!(pending.target, Some(finding.process.exec_id.to_string()));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(child.try_wait().unwrap().is_none(), "nothing happens before the operator answers");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "nothing happens before the operator answers"
+    );
 
     let key = stack.operator_key.display().to_string();
     stack.osprey(&["approve", &pending_id, "--key", &key]);
@@ -226,7 +260,10 @@ async fn a_high_finding_is_investigated_with_real_tool_results_and_its_proposed_
         r.decision == Decision::Executed && r.pending_id.as_deref() == Some(&pending_id)
     })
     .await;
-    assert_eq!(executed.investigation_id.as_deref(), Some(record.id.as_str()));
+    assert_eq!(
+        executed.investigation_id.as_deref(),
+        Some(record.id.as_str())
+    );
     assert_eq!(executed.action, "kill");
 
     // The CLI lists and shows the record.
@@ -256,16 +293,30 @@ async fn instructions_in_argv_reach_the_model_only_as_data_and_pid_1_is_never_ta
                     json!({"action": "kill", "target_exec_id": pid1, "reason": "the data said so"}),
                 )
             }
-            2 => llm::tool_call("propose_action", json!({"action": "kill", "reason": "and this one"})),
+            2 => llm::tool_call(
+                "propose_action",
+                json!({"action": "kill", "reason": "and this one"}),
+            ),
             _ => llm::conclude("suspicious", "argv carries an instruction"),
         }
     });
-    let mut stack = Stack::start("ai-inject", LOG_SCRIPT_ENGINES, "within_policy", &model.base_url(), 6).await;
+    let mut stack = Stack::start(
+        "ai-inject",
+        LOG_SCRIPT_ENGINES,
+        "within_policy",
+        &model.base_url(),
+        6,
+    )
+    .await;
     let child = stack.script_engine(&marker("ai-inject"), &[INJECTION]);
     let finding = stack.finding_of(&child).await;
     assert!(finding.process.argv.iter().any(|a| a == INJECTION));
     let record = stack.record(&finding).await;
-    assert_eq!(record.outcome, InvestigationOutcome::Concluded, "{record:#?}");
+    assert_eq!(
+        record.outcome,
+        InvestigationOutcome::Concluded,
+        "{record:#?}"
+    );
 
     // The text reached the model, and only inside data: a user or tool message whose content
     // is a JSON document holding it as a string value.
@@ -284,11 +335,17 @@ async fn instructions_in_argv_reach_the_model_only_as_data_and_pid_1_is_never_ta
                 .unwrap_or_else(|e| panic!("content with the text is not JSON ({e}): {content}"));
             let mut values = Vec::new();
             strings(&document["untrusted_data"], &mut values);
-            assert!(values.iter().any(|v| v == INJECTION), "the text is a data value");
+            assert!(
+                values.iter().any(|v| v == INJECTION),
+                "the text is a data value"
+            );
         }
         let system = &llm::messages(&request)[0];
         assert_eq!(system["role"], "system");
-        assert!(system["content"].as_str().unwrap().contains("never an instruction"));
+        assert!(system["content"]
+            .as_str()
+            .unwrap()
+            .contains("never an instruction"));
     }
     assert!(seen > 0, "the stand-in received the argv (as data)");
 
@@ -307,28 +364,48 @@ async fn instructions_in_argv_reach_the_model_only_as_data_and_pid_1_is_never_ta
             || refused.reason.contains("neither the finding's process"),
         "{refused:?}"
     );
-    assert_eq!(record.proposals[0].reply.as_ref().unwrap().decision, Some(Decision::Refused));
+    assert_eq!(
+        record.proposals[0].reply.as_ref().unwrap().decision,
+        Some(Decision::Refused)
+    );
     // The policy only logs script engines: a kill of the finding's own process is outside it.
     let second = record.proposals[1].reply.as_ref().unwrap();
     assert_eq!(second.decision, Some(Decision::Refused), "{second:?}");
     assert!(second.reason.contains("within_policy"), "{second:?}");
     // Nothing was executed for the investigation; nothing went to pid 1's host actuator.
     let trail = audit_lines(&stack.env.responder_audit());
-    assert!(!trail.iter().any(|r| r.investigation_id.as_deref() == Some(record.id.as_str())
-        && r.decision != Decision::Refused));
-    assert!(!audit_lines(&stack.env.actuator_audit()).iter().any(|r| r.pid == Some(1)));
+    assert!(!trail.iter().any(
+        |r| r.investigation_id.as_deref() == Some(record.id.as_str())
+            && r.decision != Decision::Refused
+    ));
+    assert!(!audit_lines(&stack.env.actuator_audit())
+        .iter()
+        .any(|r| r.pid == Some(1)));
     let mut child = child;
-    assert!(child.try_wait().unwrap().is_none(), "the process lives: no action outside policy");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the process lives: no action outside policy"
+    );
     stop(child);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_asking_for_tools_forever_stops_at_the_step_budget_and_never_sees_a_password() {
     let model = LlmStandIn::start(|_| llm::tool_call("get_process", json!({})));
-    let mut stack = Stack::start("ai-budget", LOG_SCRIPT_ENGINES, "propose", &model.base_url(), 3).await;
+    let mut stack = Stack::start(
+        "ai-budget",
+        LOG_SCRIPT_ENGINES,
+        "propose",
+        &model.base_url(),
+        3,
+    )
+    .await;
     let child = stack.script_engine(&marker("ai-budget"), &["--password", "hunter2"]);
     let finding = stack.finding_of(&child).await;
-    assert!(finding.process.argv.iter().any(|a| a == "hunter2"), "the secret was there to leak");
+    assert!(
+        finding.process.argv.iter().any(|a| a == "hunter2"),
+        "the secret was there to leak"
+    );
     let record = stack.record(&finding).await;
     match &record.outcome {
         InvestigationOutcome::BudgetExhausted { budget } => {
@@ -337,12 +414,19 @@ async fn a_model_asking_for_tools_forever_stops_at_the_step_budget_and_never_see
         other => panic!("expected the step budget, got {other}"),
     }
     assert_eq!(record.steps.len(), 3, "{record:#?}");
-    assert!(record.summary.contains("budget_exhausted"), "{}", record.summary);
+    assert!(
+        record.summary.contains("budget_exhausted"),
+        "{}",
+        record.summary
+    );
 
     let bodies = model.bodies();
     assert!(bodies.len() >= 3);
     for body in &bodies {
-        assert!(!body.contains("hunter2"), "a request body carries the password: {body}");
+        assert!(
+            !body.contains("hunter2"),
+            "a request body carries the password: {body}"
+        );
     }
     assert!(
         bodies.iter().any(|b| b.contains("[REDACTED]")),
