@@ -17,7 +17,7 @@ use std::{
 
 use protocol::subject::{host_from_token, host_token};
 
-use crate::permissions::{self, INVESTIGATOR_VARIABLE, OPERATOR_VARIABLE, RESPONDER_VARIABLE};
+use crate::permissions::{self, OPERATOR_VARIABLE, RESPONDER_VARIABLE};
 
 /// Who a key belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,7 +74,9 @@ impl Principal {
     pub fn user_entry(&self, public_key: &str) -> String {
         let permissions = match self {
             Principal::Responder => format!("${RESPONDER_VARIABLE}"),
-            Principal::Investigator => format!("${INVESTIGATOR_VARIABLE}"),
+            // Inline, not a roles.conf variable: nats-server refuses a variable no user refers
+            // to, and most deployments have no investigator.
+            Principal::Investigator => permissions::investigator().render(2),
             Principal::Operator(_) => format!("${OPERATOR_VARIABLE}"),
             Principal::Host(name) => permissions::host(name).render(2),
         };

@@ -186,7 +186,7 @@ pub fn operator() -> Permissions {
 /// The variable names roles.conf defines.
 pub const RESPONDER_VARIABLE: &str = "OSPREY_RESPONDER_PERMISSIONS";
 pub const OPERATOR_VARIABLE: &str = "OSPREY_OPERATOR_PERMISSIONS";
-pub const INVESTIGATOR_VARIABLE: &str = "OSPREY_INVESTIGATOR_PERMISSIONS";
+
 
 impl Permissions {
     /// The permissions as a NATS server configuration map, indented by `indent` spaces.
@@ -231,14 +231,9 @@ pub fn roles_conf() -> String {
          \n\
          # Operators (osprey tail/top/ps, approve/deny, the web console): read everything, their\n\
          # own consumers on the findings and investigations streams, queries and commands.\n\
-         {OPERATOR_VARIABLE}: {}\n\
-         \n\
-         # osprey-investigator (AI triage): its durable consumer on OSPREY_FINDINGS, host queries,\n\
-         # the audit trail, its OSPREY_INVESTIGATIONS stream, proposals to the responder.\n\
-         {INVESTIGATOR_VARIABLE}: {}\n",
+         {OPERATOR_VARIABLE}: {}\n",
         responder().render(0),
         operator().render(0),
-        investigator().render(0),
     )
 }
 

@@ -7,7 +7,7 @@
 use std::{
     net::TcpListener,
     os::unix::process::ExitStatusExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command as Proc},
     time::Duration,
 };
@@ -17,7 +17,8 @@ use osprey_tests::{
     actuation::*,
     collector::Collector,
     llm::{self, LlmStandIn},
-    marker, nats,
+    deployed, marker,
+    nats::{self, Deployment},
     responder::Responder,
     workload,
 };
@@ -64,8 +65,6 @@ impl Stack {
         let operator_key = env.path("operator.key");
         std::fs::write(&operator_key, operator.secret_base64()).unwrap();
         let investigator = KeyPair::generate().unwrap();
-        let investigator_key = env.path("investigator.key");
-        std::fs::write(&investigator_key, investigator.secret_base64()).unwrap();
         let responder = Responder::start(
             &env.responder_config(
                 policy,
@@ -77,21 +76,13 @@ impl Stack {
             ),
             &[],
         );
-        let config = env.path("investigator.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "nats:\n  url: {url}\nsigning_key: {key}\nllm:\n  base_url: {llm_url}\n  model: stand-in\n  api_key_env: OSPREY_TEST_LLM_KEY\n  request_timeout_secs: 10\nbudgets:\n  max_steps: {max_steps}\n  wall_secs: 90\n  max_concurrent: 4\n  max_per_hour: 1000\n",
-                url = env.nats.url(),
-                key = investigator_key.display(),
-            ),
-        )
-        .unwrap();
-        let investigator = Responder::start_program(
-            "osprey-investigator",
-            &config,
-            &[],
-            &[("OSPREY_TEST_LLM_KEY", "test-key")],
+        let investigator = start_investigator(
+            env.dir.path(),
+            &env.nats.url(),
+            None,
+            &investigator,
+            llm_url,
+            max_steps,
         );
         Stack {
             env,
@@ -153,6 +144,37 @@ impl Stack {
         );
         output
     }
+}
+
+/// Writes the investigator's configuration and key under `dir` and starts it.
+fn start_investigator(
+    dir: &Path,
+    url: &str,
+    credentials: Option<&Path>,
+    key: &KeyPair,
+    llm_url: &str,
+    max_steps: u32,
+) -> Responder {
+    let key_path = dir.join("investigator.key");
+    std::fs::write(&key_path, key.secret_base64()).unwrap();
+    let credentials = credentials
+        .map(|c| format!("  credentials: {}\n", c.display()))
+        .unwrap_or_default();
+    let config = dir.join("investigator.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "nats:\n  url: \"{url}\"\n{credentials}signing_key: {key}\nllm:\n  base_url: {llm_url}\n  model: stand-in\n  api_key_env: OSPREY_TEST_LLM_KEY\n  request_timeout_secs: 10\nbudgets:\n  max_steps: {max_steps}\n  wall_secs: 90\n  max_concurrent: 4\n  max_per_hour: 1000\n",
+            key = key_path.display(),
+        ),
+    )
+    .unwrap();
+    Responder::start_program(
+        "osprey-investigator",
+        &config,
+        &[],
+        &[("OSPREY_TEST_LLM_KEY", "test-key")],
+    )
 }
 
 fn stop(mut child: Child) {
@@ -461,4 +483,110 @@ async fn without_the_model_findings_and_rule_based_responses_go_on_and_the_recor
         other => panic!("expected llm_unavailable, got {other}"),
     }
     assert!(record.steps.is_empty() && record.proposals.is_empty());
+}
+
+/// On the shipped NATS deployment (deploy/nats, every credential from `osprey creds`), the
+/// investigator's own least-privilege user suffices for everything it does — its durable
+/// consumer, host queries, its stream and records, proposals — and may not command a host or
+/// approve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_shipped_deployment_the_investigator_s_credentials_suffice_and_cannot_act() {
+    let host = format!("e2eai{}", std::process::id());
+    let deployment = Deployment::new(&[&host]);
+    deployment.add_investigator();
+    let server = nats::NatsServer::start_deployed(&deployment);
+    let stack = deployed::Stack::new("ai-deployed", deployment, server.url()).await;
+    let mut records = stack
+        .operator
+        .client
+        .subscribe("osprey.investigations.>")
+        .await
+        .unwrap();
+    let collector = stack.collector(&host, "", NOTHING_LOCAL).await;
+    let investigator = KeyPair::generate().unwrap();
+    let _responder = Responder::start(
+        &stack.responder_config(
+            LOG_SCRIPT_ENGINES,
+            &format!(
+                "ai:\n  investigator_keys: [\"{}\"]\n",
+                investigator.public_base64()
+            ),
+        ),
+        &[],
+    );
+    let model = LlmStandIn::start(|request| match llm::tool_results(request).len() {
+        0 => llm::tool_call("get_process", json!({})),
+        1 => llm::tool_call("related_findings", json!({})),
+        2 => llm::tool_call("propose_action", json!({"action": "kill", "reason": "r"})),
+        _ => llm::conclude("suspicious", "checked"),
+    });
+    let _investigator = start_investigator(
+        stack.dir.path(),
+        &stack.url,
+        Some(&stack.deployment.investigator_creds()),
+        &investigator,
+        &model.base_url(),
+        6,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let script = format!(
+        "# {}\nimport socket, time\ns = socket.create_connection(('127.0.0.1', {}))\ntime.sleep(600)\n",
+        marker("ai-deployed"),
+        listener.local_addr().unwrap().port()
+    );
+    let mut command = Proc::new(workload::PYTHON);
+    command.args(["-c", &script]);
+    let child = stack.cgroup.enter(&mut command).spawn().unwrap();
+    let pid = child.id();
+    let finding = collector
+        .wait_finding("the script engine's finding", |f| {
+            f.process.pid == pid && f.rule_id == NETWORK_RULE
+        })
+        .await;
+    let record = tokio::time::timeout(RECORD_WAIT, async {
+        loop {
+            let message = records.next().await.expect("the subscription lives");
+            let record: Investigation = protocol::decode(&message.payload).unwrap();
+            if record.finding_id == finding.id {
+                return record;
+            }
+        }
+    })
+    .await
+    .expect("the investigation record");
+    assert_eq!(record.outcome, InvestigationOutcome::Concluded, "{record:#?}");
+    let state: Value = serde_json::from_str(&record.steps[0].result).unwrap();
+    assert_eq!(state["untrusted_data"]["process"]["pid"], pid, "the host answered its query");
+    // With the default autonomy (propose) the kill is audited as a proposal, nothing else.
+    let reply = record.proposals[0].reply.as_ref().expect("the responder answered");
+    assert_eq!(reply.decision, Some(Decision::Proposed), "{reply:?}");
+    let proposed = wait_audit(&stack.responder_audit(), "the proposal", |r| {
+        r.investigation_id.as_deref() == Some(record.id.as_str())
+    })
+    .await;
+    assert_eq!(proposed.decision, Decision::Proposed);
+
+    // Its credentials cannot command the host nor approve.
+    let as_investigator = nats::BusClient::connect(
+        &stack.url,
+        bus::Role::Investigator,
+        &stack.deployment.investigator_creds(),
+    )
+    .await;
+    for forbidden in [protocol::subject::command(&host), protocol::subject::APPROVALS.to_string()] {
+        let _ = as_investigator
+            .client
+            .publish(forbidden.clone(), "x".into())
+            .await;
+        let _ = as_investigator.client.flush().await;
+        assert!(
+            as_investigator
+                .wait_error(&forbidden, Duration::from_secs(10))
+                .await
+                .is_some(),
+            "the server refuses {forbidden}; errors: {:?}",
+            as_investigator.errors()
+        );
+    }
+    stop(child);
 }
