@@ -187,7 +187,6 @@ pub fn operator() -> Permissions {
 pub const RESPONDER_VARIABLE: &str = "OSPREY_RESPONDER_PERMISSIONS";
 pub const OPERATOR_VARIABLE: &str = "OSPREY_OPERATOR_PERMISSIONS";
 
-
 impl Permissions {
     /// The permissions as a NATS server configuration map, indented by `indent` spaces.
     pub fn render(&self, indent: usize) -> String {

@@ -154,6 +154,9 @@ pub fn line(r: &AuditRecord, colour: bool) -> String {
     if let Some(id) = &r.pending_id {
         text.push_str(&format!(" [pending {id}]"));
     }
+    if let Some(id) = &r.investigation_id {
+        text.push_str(&format!(" [investigation {id}]"));
+    }
     if !colour {
         return text;
     }
@@ -375,5 +378,7 @@ mod tests {
             "{text}"
         );
         assert!(line(&r, true).starts_with("\x1b[31m"));
+        r.investigation_id = Some("inv7".into());
+        assert!(line(&r, false).ends_with("[pending p9] [investigation inv7]"));
     }
 }

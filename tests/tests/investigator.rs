@@ -16,8 +16,9 @@ use futures::StreamExt;
 use osprey_tests::{
     actuation::*,
     collector::Collector,
+    deployed,
     llm::{self, LlmStandIn},
-    deployed, marker,
+    marker,
     nats::{self, Deployment},
     responder::Responder,
     workload,
@@ -554,11 +555,21 @@ async fn on_the_shipped_deployment_the_investigator_s_credentials_suffice_and_ca
     })
     .await
     .expect("the investigation record");
-    assert_eq!(record.outcome, InvestigationOutcome::Concluded, "{record:#?}");
+    assert_eq!(
+        record.outcome,
+        InvestigationOutcome::Concluded,
+        "{record:#?}"
+    );
     let state: Value = serde_json::from_str(&record.steps[0].result).unwrap();
-    assert_eq!(state["untrusted_data"]["process"]["pid"], pid, "the host answered its query");
+    assert_eq!(
+        state["untrusted_data"]["process"]["pid"], pid,
+        "the host answered its query"
+    );
     // With the default autonomy (propose) the kill is audited as a proposal, nothing else.
-    let reply = record.proposals[0].reply.as_ref().expect("the responder answered");
+    let reply = record.proposals[0]
+        .reply
+        .as_ref()
+        .expect("the responder answered");
     assert_eq!(reply.decision, Some(Decision::Proposed), "{reply:?}");
     let proposed = wait_audit(&stack.responder_audit(), "the proposal", |r| {
         r.investigation_id.as_deref() == Some(record.id.as_str())
@@ -573,7 +584,10 @@ async fn on_the_shipped_deployment_the_investigator_s_credentials_suffice_and_ca
         &stack.deployment.investigator_creds(),
     )
     .await;
-    for forbidden in [protocol::subject::command(&host), protocol::subject::APPROVALS.to_string()] {
+    for forbidden in [
+        protocol::subject::command(&host),
+        protocol::subject::APPROVALS.to_string(),
+    ] {
         let _ = as_investigator
             .client
             .publish(forbidden.clone(), "x".into())

@@ -184,8 +184,13 @@ fn approvals(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let rows: Vec<Row> = pending
         .iter()
         .map(|r| {
+            // An action an AI investigation proposed is marked: the operator weighs it so.
+            let action = match r.investigation_id {
+                Some(_) => format!("{} (AI)", r.action),
+                None => r.action.clone(),
+            };
             Row::new(vec![
-                r.action.clone(),
+                action,
                 render::clean(r.target.as_deref().unwrap_or("-")).into_owned(),
                 render::clean(&r.host).into_owned(),
             ])
@@ -195,7 +200,7 @@ fn approvals(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let table = Table::new(
         rows,
         [
-            Constraint::Length(8),
+            Constraint::Length(13),
             Constraint::Min(10),
             Constraint::Length(12),
         ],
