@@ -50,13 +50,26 @@ pub struct ResponderConfig {
     pub ai: AiSection,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AiSection {
     /// Investigators' public keys (base64, `osprey keys generate`); proposals signed by any
     /// other key are refused. Empty: every proposal is refused.
     pub investigator_keys: Vec<String>,
     pub autonomy: Autonomy,
+    /// Proposals awaiting approval at most (within `max_pending_approvals`): a misbehaving
+    /// investigator cannot crowd out the policy's own approvals.
+    pub max_pending_approvals: usize,
+}
+
+impl Default for AiSection {
+    fn default() -> Self {
+        AiSection {
+            investigator_keys: Vec::new(),
+            autonomy: Autonomy::default(),
+            max_pending_approvals: 20,
+        }
+    }
 }
 
 /// What the responder does with a verified proposal (every safety control applies first).

@@ -7,7 +7,7 @@
 //! guarantee who may publish there — never a name inside the payload.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use protocol::{
     signing::{self, KeyPair, PublicKey},
     subject, Action, ActionKind, Approval, AuditRecord, Command, CommandResult, CommandStatus,
-    Decision, Finding, FindingId, Process, Proposal, ProposalReply, Timestamp, Verdict,
+    Decision, ExecId, Finding, FindingId, Process, Proposal, ProposalReply, Timestamp, Verdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +104,8 @@ pub struct Responder {
     /// (subject host token, finding id) → the finding, the last [`FINDINGS_KEPT`], oldest first.
     findings: HashMap<(String, FindingId), Finding>,
     findings_order: VecDeque<(String, FindingId)>,
+    /// What was proposed about each kept finding (action, target): each at most once.
+    proposed: HashSet<(String, FindingId, ActionKind, Option<ExecId>)>,
 }
 
 pub fn action_name(kind: ActionKind) -> &'static str {
@@ -168,6 +170,7 @@ impl Responder {
             awaiting: HashMap::new(),
             findings: HashMap::new(),
             findings_order: VecDeque::new(),
+            proposed: HashSet::new(),
         })
     }
 
@@ -755,6 +758,17 @@ impl Responder {
         true
     }
 
+    /// As many proposals await approval as `ai.max_pending_approvals` allows.
+    fn ai_pending_full(&self) -> bool {
+        let held = self
+            .journal
+            .pending()
+            .values()
+            .filter(|p| p.planned.investigation_id.is_some())
+            .count();
+        held >= self.config.ai.max_pending_approvals
+    }
+
     /// Keeps a finding that arrived on its own host's subject, for proposals about it.
     fn remember(&mut self, subject_host: &str, finding: &Finding) {
         let key = (subject_host.to_string(), finding.id.clone());
@@ -764,6 +778,8 @@ impl Responder {
         while self.findings_order.len() > FINDINGS_KEPT {
             if let Some(old) = self.findings_order.pop_front() {
                 self.findings.remove(&old);
+                self.proposed
+                    .retain(|(h, f, _, _)| (h, f) != (&old.0, &old.1));
             }
         }
     }
@@ -812,6 +828,16 @@ impl Responder {
                 )
             };
         };
+        // Not audited: a misbehaving investigator must not be able to flood the trail.
+        if !self
+            .proposed
+            .insert((key.0, key.1, proposal.action, proposal.target))
+        {
+            return answer(
+                &proposal.id,
+                "refused: this action on this target was already proposed for this finding".into(),
+            );
+        }
         let reason: String = proposal.reason.chars().take(MAX_REASON).collect();
         let by = format!("AI investigation {}", proposal.investigation_id);
         let mut decision = journal::Decision::default();
@@ -878,6 +904,15 @@ impl Responder {
                 );
                 decision.effects.push(Self::audit_effect(r));
             }
+            Autonomy::Approval if self.ai_pending_full() => refuse(
+                self,
+                &p,
+                format!(
+                    "{} proposals already await approval (ai.max_pending_approvals): not held",
+                    self.config.ai.max_pending_approvals
+                ),
+                decision,
+            ),
             Autonomy::Approval => {
                 let plan = Plan {
                     rule: by.to_string(),
@@ -1133,7 +1168,7 @@ fn nats_addresses(urls: &str) -> Vec<std::net::IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::{Ancestor, BootId, ExecId};
+    use protocol::{Ancestor, BootId};
 
     fn exec(pid: u32) -> ExecId {
         ExecId {
