@@ -531,6 +531,7 @@ async fn on_the_shipped_deployment_the_investigator_s_credentials_suffice_and_ca
         0 => llm::tool_call("get_process", json!({})),
         1 => llm::tool_call("related_findings", json!({})),
         2 => llm::tool_call("propose_action", json!({"action": "kill", "reason": "r"})),
+        3 => llm::tool_call("actions_taken", json!({})),
         _ => llm::conclude("suspicious", "checked"),
     });
     let _investigator = start_investigator(
@@ -577,6 +578,19 @@ async fn on_the_shipped_deployment_the_investigator_s_credentials_suffice_and_ca
         state["untrusted_data"]["process"]["pid"], pid,
         "the host answered its query"
     );
+    let related: Value = serde_json::from_str(&record.steps[1].result).unwrap();
+    assert!(
+        related["untrusted_data"]["findings"].is_array(),
+        "{related}"
+    );
+    // The audit trail it follows: the policy's `log` of this finding is there.
+    let actions: Value = serde_json::from_str(&record.steps[3].result).unwrap();
+    let logged = actions["untrusted_data"]["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["action"] == "log" && a["finding_id"] == finding.id.0.as_str());
+    assert!(logged, "{actions:#}");
     // With the default autonomy (propose) the kill is audited as a proposal, nothing else.
     let reply = record.proposals[0]
         .reply
