@@ -194,3 +194,167 @@ async fn call_tool(
         None => json!({"error": format!("no tool {:?}", call.name)}),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The loop against a minimal loopback endpoint: how each kind of failure and each budget
+    //! ends up in the record. NATS is never reached (the tools used here need none, and the
+    //! client only retries in the background).
+    use super::*;
+    use std::{
+        io::{Read, Write},
+        net::TcpListener,
+    };
+
+    /// Answers every request with `status` and `body` after `delay`.
+    fn endpoint(status: u16, body: String, delay: Duration) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().map_while(Result::ok) {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then as much body as Content-Length says.
+                while let Ok(n) = stream.read(&mut chunk) {
+                    request.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                std::thread::sleep(delay);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        url
+    }
+
+    fn tool_call_answer(name: &str, tokens: u64) -> String {
+        json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": name, "arguments": "{}"}}]}}],
+            "usage": {"total_tokens": tokens}})
+        .to_string()
+    }
+
+    async fn run_against(url: &str, budgets: Budgets) -> Investigation {
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:1")
+            .await
+            .unwrap();
+        let ctx = Context {
+            nats,
+            memory: Arc::new(Mutex::new(Memory::new(10))),
+            redactor: Redactor::new(crate::redact::DEFAULT_PATTERNS).unwrap(),
+            llm: Llm::new(url, "m", None, Duration::from_secs(5)),
+            key: KeyPair::generate().unwrap(),
+            budgets,
+        };
+        let exec_id = "0000abcd-10-20-1".parse().unwrap();
+        let finding = Finding {
+            id: protocol::FindingId("f".into()),
+            time: Timestamp::now(),
+            host: "h".into(),
+            detector: protocol::Detector::Heuristic,
+            rule_id: "r".into(),
+            title: "t".into(),
+            description: None,
+            author: None,
+            severity: protocol::Severity::High,
+            tags: Vec::new(),
+            process: protocol::Process::new(exec_id, "/usr/bin/python3", vec!["python3".into()]),
+            ancestry: Vec::new(),
+            triggers: Vec::new(),
+            recommended_actions: Vec::new(),
+        };
+        investigate(&ctx, &finding).await
+    }
+
+    fn budgets() -> Budgets {
+        Budgets {
+            max_steps: 4,
+            max_tokens: 10_000,
+            wall_secs: 30,
+            ..Budgets::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn every_way_an_investigation_ends_is_recorded() {
+        let garbage = endpoint(200, "<html>busy</html>".into(), Duration::ZERO);
+        let outcome = run_against(&garbage, budgets()).await.outcome.to_string();
+        assert!(
+            outcome.starts_with("llm_unavailable: the answer is not a chat completion"),
+            "{outcome}"
+        );
+
+        let failing = endpoint(503, "{\"error\":\"overloaded\"}".into(), Duration::ZERO);
+        let outcome = run_against(&failing, budgets()).await.outcome.to_string();
+        assert!(outcome.contains("answered HTTP 503"), "{outcome}");
+
+        let talkative = endpoint(
+            200,
+            tool_call_answer(tools::RELATED_FINDINGS, 6_000),
+            Duration::ZERO,
+        );
+        let record = run_against(&talkative, budgets()).await;
+        assert!(
+            record
+                .outcome
+                .to_string()
+                .starts_with("budget_exhausted: tokens"),
+            "{}",
+            record.outcome
+        );
+        assert_eq!(record.steps.len(), 2);
+
+        let slow = endpoint(
+            200,
+            tool_call_answer(tools::RELATED_FINDINGS, 1),
+            Duration::from_secs(3),
+        );
+        let record = run_against(
+            &slow,
+            Budgets {
+                wall_secs: 1,
+                ..budgets()
+            },
+        )
+        .await;
+        assert_eq!(
+            record.outcome.to_string(),
+            "budget_exhausted: wall_time (1s)"
+        );
+
+        let plain = endpoint(
+            200,
+            json!({"choices": [{"message": {"role": "assistant",
+                "content": "{\"summary\": \"fine\", \"verdict\": \"benign\", \"confidence\": 0.7}"}}]})
+            .to_string(),
+            Duration::ZERO,
+        );
+        let record = run_against(&plain, budgets()).await;
+        assert_eq!(record.outcome, InvestigationOutcome::Concluded);
+        assert_eq!(
+            (record.verdict, record.summary.as_str()),
+            (Some(Assessment::Benign), "fine")
+        );
+    }
+}
