@@ -127,11 +127,13 @@ async fn read(nats: &NatsArgs, host: Option<&str>) -> anyhow::Result<Vec<Investi
     Ok(out)
 }
 
-fn verdict(record: &Investigation) -> String {
+/// `malicious (90%)`, or how the investigation ended when the model gave no verdict
+/// (`llm_unavailable`, `budget_exhausted`).
+pub fn verdict(record: &Investigation) -> String {
     match (record.verdict, record.confidence) {
         (Some(v), Some(c)) => format!("{} ({:.0}%)", v.as_str(), c * 100.0),
         (Some(v), None) => v.as_str().to_string(),
-        _ => "-".to_string(),
+        _ => record.outcome.status().to_string(),
     }
 }
 

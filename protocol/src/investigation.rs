@@ -41,6 +41,17 @@ pub enum InvestigationOutcome {
     LlmUnavailable { reason: String },
 }
 
+impl InvestigationOutcome {
+    /// `concluded`, `budget_exhausted` or `llm_unavailable`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            InvestigationOutcome::Concluded => "concluded",
+            InvestigationOutcome::BudgetExhausted { .. } => "budget_exhausted",
+            InvestigationOutcome::LlmUnavailable { .. } => "llm_unavailable",
+        }
+    }
+}
+
 impl fmt::Display for InvestigationOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -181,7 +192,7 @@ mod tests {
         };
         assert_eq!(o.to_string(), "llm_unavailable: connection refused");
         let json = serde_json::to_value(&o).unwrap();
-        assert_eq!(json["status"], "llm_unavailable");
+        assert_eq!(json["status"], o.status());
         let back: InvestigationOutcome = crate::decode(&crate::encode(&o).unwrap()).unwrap();
         assert_eq!(back, o);
     }

@@ -313,7 +313,10 @@ fn findings(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 render::clean(&f.host).into_owned(),
                 f.severity.as_str().to_ascii_uppercase(),
                 format!("{}[{}]", render::clean(&f.process.name), f.process.pid),
-                render::clean(&f.title).into_owned(),
+                match app.verdicts.get(&f.id) {
+                    Some(verdict) => format!("{} [AI: {verdict}]", render::clean(&f.title)),
+                    None => render::clean(&f.title).into_owned(),
+                },
             ])
             .style(theme.severity(f.severity))
         })
