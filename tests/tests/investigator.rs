@@ -21,6 +21,7 @@ use osprey_tests::{
     marker,
     nats::{self, Deployment},
     responder::Responder,
+    terminal::Tmux,
     workload,
 };
 use protocol::{
@@ -212,6 +213,21 @@ async fn a_high_finding_is_investigated_with_real_tool_results_and_its_proposed_
         6,
     )
     .await;
+    // `osprey top`, watching: it shows the verdict beside the finding once it comes.
+    let top = Tmux::start(
+        &format!(
+            "{} top --nats {} --key {} --host {} --refresh-secs 1",
+            osprey_tests::bin_dir().join("osprey").display(),
+            stack.env.nats.url(),
+            stack.operator_key.display(),
+            stack.collector.host,
+        ),
+        200,
+        50,
+        &[("OSPREY_SESSION", "/nonexistent")],
+    );
+    top.wait_line("the host", false, |l| l.contains(&stack.collector.host))
+        .await;
     let mut child = stack.script_engine(&marker("ai-approve"), &[]);
     let finding = stack.finding_of(&child).await;
     let record = stack.record(&finding).await;
@@ -222,6 +238,11 @@ async fn a_high_finding_is_investigated_with_real_tool_results_and_its_proposed_
         "{record:#?}"
     );
     assert_eq!(record.verdict, Some(Assessment::Malicious));
+    top.wait_line("the AI verdict beside the finding", false, |l| {
+        l.contains("[AI: malicious (90%)]")
+    })
+    .await;
+    drop(top);
     assert_eq!(record.host, stack.collector.host);
     // The first step is the tool call the stand-in asked for, with the host's real answer:
     // the process, and its parent — this test — at the head of its ancestry.

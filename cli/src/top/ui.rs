@@ -314,7 +314,7 @@ fn findings(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 f.severity.as_str().to_ascii_uppercase(),
                 format!("{}[{}]", render::clean(&f.process.name), f.process.pid),
                 match app.verdicts.get(&f.id) {
-                    Some(verdict) => format!("{} [AI: {verdict}]", render::clean(&f.title)),
+                    Some(verdict) => format!("[AI: {verdict}] {}", render::clean(&f.title)),
                     None => render::clean(&f.title).into_owned(),
                 },
             ])
