@@ -342,6 +342,11 @@ async fn instructions_in_argv_reach_the_model_only_as_data_and_pid_1_is_never_ta
                 "propose_action",
                 json!({"action": "kill", "reason": "and this one"}),
             ),
+            // What the policy does take on this finding: within policy, so it is done.
+            4 => llm::tool_call(
+                "propose_action",
+                json!({"action": "log", "reason": "worth a line"}),
+            ),
             _ => llm::conclude("suspicious", "argv carries an instruction"),
         }
     });
@@ -421,17 +426,25 @@ async fn instructions_in_argv_reach_the_model_only_as_data_and_pid_1_is_never_ta
     let second = record.proposals[2].reply.as_ref().unwrap();
     assert_eq!(second.decision, Some(Decision::Refused), "{second:?}");
     assert!(second.reason.contains("within_policy"), "{second:?}");
-    // Nothing was executed for the investigation; nothing went to pid 1's host actuator.
+    // What the policy takes anyway (log) is done, through the policy's path.
+    let logged = record.proposals[3].reply.as_ref().unwrap();
+    assert_eq!(logged.decision, Some(Decision::Executed), "{logged:?}");
+    // Nothing else was executed for the investigation; nothing went to pid 1's host actuator.
     let trail = audit_lines(&stack.env.responder_audit());
-    assert!(!trail.iter().any(
-        |r| r.investigation_id.as_deref() == Some(record.id.as_str())
-            && r.decision != Decision::Refused
-    ));
     let ours =
         |r: &&protocol::AuditRecord| r.investigation_id.as_deref() == Some(record.id.as_str());
+    let decided: Vec<(String, Decision)> = trail
+        .iter()
+        .filter(ours)
+        .map(|r| (r.action.clone(), r.decision))
+        .collect();
     assert_eq!(
-        trail.iter().filter(ours).count(),
-        2,
+        decided,
+        [
+            ("kill".to_string(), Decision::Refused),
+            ("kill".to_string(), Decision::Refused),
+            ("log".to_string(), Decision::Executed),
+        ],
         "one record per distinct proposal"
     );
     assert!(!audit_lines(&stack.env.actuator_audit())
