@@ -11,6 +11,7 @@ mod ps;
 mod render;
 mod respond;
 mod rules;
+mod scan;
 mod tail;
 mod top;
 
@@ -38,6 +39,9 @@ enum Command {
     Top(top::TopArgs),
     /// One snapshot of a host's live processes, as a table or JSON.
     Ps(ps::PsArgs),
+    /// Judge every process on this machine once (hash, intel, memory, risk), print a table
+    /// and exit; `--apply` runs the policy's actions once (runs `osprey-collector --scan`).
+    Scan(scan::ScanArgs),
     /// Kill a process on a host (signed, checked and audited by the host).
     Kill(commands::KillArgs),
     /// Suspend a process on a host (stopped and frozen in a cgroup).
@@ -97,6 +101,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Tail(args) => tail::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Top(args) => top::run(args).await,
         Command::Ps(args) => ps::run(args).await,
+        Command::Scan(args) => scan::run(args),
         Command::Kill(args) => commands::kill(args).await,
         Command::Suspend(args) => commands::suspend(args).await,
         Command::Resume(args) => commands::resume(args).await,

@@ -90,40 +90,82 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
         .then(|| ratatui::crossterm::terminal::size().ok())
         .flatten()
         .map(|(w, _)| w as usize);
-    for line in table(&snapshot, width, render::colour_wanted(terminal)) {
+    for line in table(
+        &snapshot,
+        Columns::Activity,
+        width,
+        render::colour_wanted(terminal),
+    ) {
         writeln!(out, "{line}")?;
     }
     eprintln!("{}", footer(&snapshot, &host));
     Ok(ExitCode::SUCCESS)
 }
 
-const HEADER: &str = "RISK      PID     USER       CPU%    RSS  CONN  FIND  COMMAND";
+/// What a table shows besides risk, pid, user and command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Columns {
+    /// `osprey ps`: CPU, RSS, connections, findings.
+    Activity,
+    /// `osprey scan`: RSS, the executable's hash and its threat-intelligence verdict.
+    Intel,
+}
+
+impl Columns {
+    fn header(self) -> &'static str {
+        match self {
+            Columns::Activity => "RISK      PID     USER       CPU%    RSS  CONN  FIND  COMMAND",
+            Columns::Intel => {
+                "RISK      PID     USER          RSS  SHA256        INTEL       FIND  COMMAND"
+            }
+        }
+    }
+}
 
 /// The header and one line per process; the command is cut to `width` when given.
-pub fn table(snapshot: &Snapshot, width: Option<usize>, colour: bool) -> Vec<String> {
-    let mut lines = vec![HEADER.to_string()];
+pub fn table(
+    snapshot: &Snapshot,
+    columns: Columns,
+    width: Option<usize>,
+    colour: bool,
+) -> Vec<String> {
+    let mut lines = vec![columns.header().to_string()];
     for p in &snapshot.processes {
-        lines.push(row(p, width, colour));
+        lines.push(row(p, columns, width, colour));
     }
     lines
 }
 
-fn row(p: &ProcessState, width: Option<usize>, colour: bool) -> String {
+fn row(p: &ProcessState, columns: Columns, width: Option<usize>, colour: bool) -> String {
     let user = p
         .process
         .user
         .clone()
         .unwrap_or_else(|| p.process.uid.to_string());
-    let fixed = format!(
-        "{:<8} {:>5} {:<10} {:>5} {:>6} {:>5} {:>5}  ",
-        p.risk.level.as_str().to_ascii_uppercase(),
-        p.process.pid,
-        render::truncate(&render::clean(&user), 9),
-        p.cpu_percent.map_or("-".into(), |c| format!("{c:.1}")),
-        p.rss_bytes.map_or("-".into(), render::bytes),
-        p.connections.len(),
-        p.findings.len(),
-    );
+    let risk = p.risk.level.as_str().to_ascii_uppercase();
+    let user = render::truncate(&render::clean(&user), 9);
+    let rss = p.rss_bytes.map_or("-".into(), render::bytes);
+    let fixed = match columns {
+        Columns::Activity => format!(
+            "{risk:<8} {:>5} {user:<10} {:>5} {rss:>6} {:>5} {:>5}  ",
+            p.process.pid,
+            p.cpu_percent.map_or("-".into(), |c| format!("{c:.1}")),
+            p.connections.len(),
+            p.findings.len(),
+        ),
+        Columns::Intel => format!(
+            "{risk:<8} {:>5} {user:<10} {rss:>6}  {:<12}  {:<10} {:>5}  ",
+            p.process.pid,
+            // A prefix, as git shows commits: enough to tell executables apart.
+            p.process
+                .sha256
+                .as_deref()
+                .and_then(|h| h.get(..12))
+                .unwrap_or("-"),
+            intel_text(p),
+            p.findings.len(),
+        ),
+    };
     let command = command_text(p);
     let command = match width {
         // One column spare (some terminals wrap a line that fills the last one), and one for
@@ -137,6 +179,21 @@ fn row(p: &ProcessState, width: Option<usize>, colour: bool) -> String {
     } else {
         line
     }
+}
+
+/// `5/70 det` for a VirusTotal verdict with detections, `clean` without, `unknown` for a
+/// file VirusTotal has never seen, the feed's name for a feed match, `-` when not looked up.
+fn intel_text(p: &ProcessState) -> String {
+    let Some(v) = &p.intel else {
+        return "-".into();
+    };
+    let text = match (v.source.as_str(), v.detections()) {
+        ("virustotal", _) if v.link.is_none() => "unknown".to_string(),
+        ("virustotal", 0) => "clean".to_string(),
+        ("virustotal", n) => format!("{n}/{} det", v.engines),
+        (feed, _) => feed.to_string(),
+    };
+    render::truncate(&render::clean(&text), 10)
 }
 
 /// The argv (escaped), or the executable when the argv is empty.
@@ -180,6 +237,7 @@ mod tests {
             rss_bytes: Some(9 << 20),
             connections: vec![],
             findings: vec![],
+            intel: None,
             risk: Risk {
                 level,
                 reasons: vec![],
@@ -203,8 +261,8 @@ mod tests {
             ],
             note: None,
         };
-        let lines = table(&snapshot, Some(80), true);
-        assert_eq!(lines[0], HEADER);
+        let lines = table(&snapshot, Columns::Activity, Some(80), true);
+        assert_eq!(lines[0], Columns::Activity.header());
         assert!(lines[1].starts_with("\x1b[31mHIGH"), "{}", lines[1]);
         assert!(
             lines[1].contains("12.5") && lines[1].contains("9.0M"),
@@ -220,7 +278,7 @@ mod tests {
             "{}",
             lines[2]
         );
-        let plain = table(&snapshot, None, false);
+        let plain = table(&snapshot, Columns::Activity, None, false);
         assert!(plain[1].ends_with(&"x".repeat(200)));
     }
 }

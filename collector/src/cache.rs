@@ -31,6 +31,14 @@ impl<K: Eq + Hash, V> CountedLru<K, V> {
         self.inner.insert(key, value);
     }
 
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.inner.get_mut(key)
+    }
+
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.inner.remove(key)
+    }
+
     pub fn len(&self) -> usize {
         self.inner.len()
     }

@@ -63,6 +63,8 @@ pub struct CollectorConfig {
     pub response: ResponseSection,
     /// The host's behaviour history, learned baselines and anomaly scoring (docs/history.md).
     pub history: history::HistoryConfig,
+    /// Where to serve Prometheus `/metrics` (docs/metrics.md); off when absent.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Who acts on findings.
@@ -287,6 +289,7 @@ impl Default for CollectorConfig {
             intel: intel::IntelConfig::default(),
             response: ResponseSection::default(),
             history: history::HistoryConfig::default(),
+            metrics_address: None,
         }
     }
 }
@@ -413,6 +416,21 @@ impl CollectorConfig {
         }
         self.local_networks()
             .map_err(|p| invalid("heuristics.local_networks", p))?;
+        // bpffs refuses to create anything whose name has a dot in it.
+        if let Some(name) = self
+            .sensor
+            .pin_dir
+            .file_name()
+            .filter(|n| n.to_string_lossy().contains('.'))
+        {
+            return Err(invalid(
+                "sensor.pin_dir",
+                format!(
+                    "{:?}: bpffs refuses names with a dot",
+                    name.to_string_lossy()
+                ),
+            ));
+        }
         if self.spool.max_findings == 0 {
             return Err(invalid("spool.max_findings", "must be at least 1".into()));
         }

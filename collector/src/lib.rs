@@ -10,6 +10,7 @@ pub mod detect;
 pub mod enrich;
 pub mod findings;
 pub mod history_feed;
+pub mod metrics;
 pub mod pipeline;
 pub mod process;
 pub mod publish;

@@ -17,7 +17,7 @@ use collector::{
     pipeline::{Pipeline, PipelineOptions},
     process::ProcessTable,
     publish::{JsonlOptions, NatsConfig, Publisher, PublisherConfig, SpoolConfig},
-    query::QueryServer,
+    query::{QueryRequest, QueryServer},
     source::{EventSource, PlatformSource, SourceOptions},
 };
 use protocol::BootId;
@@ -83,6 +83,24 @@ struct Args {
     /// Keep no history, baselines or anomaly scores (`history.enabled: false`).
     #[arg(long)]
     no_history: bool,
+    /// One-shot (`osprey scan`): judge every running process once (rules, hash, threat
+    /// intelligence, CPU and memory), print the snapshot as JSON on stdout and exit. Without
+    /// NATS or history; the policy's actions are run on this host only with --apply.
+    #[arg(long, help_heading = "Scan")]
+    scan: bool,
+    /// With --scan: run the actions the policy recommends (local response, with its safety
+    /// controls and audit); without it they are decided and audited as a dry run.
+    #[arg(long, requires = "scan", help_heading = "Scan")]
+    apply: bool,
+    /// With --scan: at most this many processes in the snapshot, riskiest first.
+    #[arg(long, default_value_t = 50, requires = "scan", help_heading = "Scan")]
+    limit: u32,
+    /// With --scan: at most this long for every executable to be hashed before the snapshot.
+    #[arg(long, default_value_t = 30, requires = "scan", help_heading = "Scan")]
+    wait_secs: u64,
+    /// Serve Prometheus `/metrics` on this address (`metrics_address`), e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<std::net::SocketAddr>,
     /// A file holding a public key (base64) whose signed commands the actuator obeys, on
     /// top of the configuration file's `actuator.trusted_key_files` (repeatable).
     #[arg(long, value_name = "PATH")]
@@ -130,6 +148,23 @@ fn apply(args: &Args, config: &mut CollectorConfig) {
     }
     if let Some(s) = args.heartbeat_interval_secs {
         config.heartbeat_interval_secs = s;
+    }
+    if let Some(address) = args.metrics_address {
+        config.metrics_address = Some(address);
+    }
+    if args.scan {
+        // A scan reports and acts here and now: nothing is published or remembered.
+        config.nats.url = None;
+        config.query.enabled = false;
+        config.output.jsonl = false;
+        config.history.enabled = false;
+        config.metrics_address = None;
+        config.response.mode = ResponseMode::Local;
+        config.response.dry_run |= !args.apply;
+        // Its own pins, beside (never instead of) those of a collector running as a service.
+        let mut pins = config.sensor.pin_dir.clone().into_os_string();
+        pins.push(format!("-scan-{}", std::process::id()));
+        config.sensor.pin_dir = pins.into();
     }
     if let Some(p) = &args.policy {
         config.policy = Some(p.clone());
@@ -308,6 +343,10 @@ async fn shutdown_signal() {
     }
 }
 
+/// What a scan gives samples, VirusTotal answers already in flight, and actions after the
+/// last hash.
+const SCAN_SETTLE: Duration = Duration::from_secs(1);
+
 async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let mut config = CollectorConfig::load(
         &args.config,
@@ -389,6 +428,12 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
     .await
     .context("cannot start the publisher")?;
 
+    if let Some(address) = config.metrics_address {
+        metrics::spawn(address, collector::metrics::get().registry())
+            .await
+            .context("cannot serve /metrics")?;
+    }
+
     let query_server = match config.nats.url.as_ref().filter(|_| config.query.enabled) {
         Some(url) => Some(
             QueryServer::start(url, config.nats.credentials.as_ref(), &host)
@@ -397,12 +442,20 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
         ),
         None => None,
     };
-    let (queries, query_task) = match query_server {
+    let (mut queries, query_task) = match query_server {
         Some(server) => (Some(server.requests), Some(server.task)),
         None => (None, None),
     };
+    // A scan asks its own pipeline for the snapshot.
+    let scan_queries = if args.scan {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        queries = Some(rx);
+        Some(tx)
+    } else {
+        None
+    };
 
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         PipelineOptions {
             host: host.clone(),
             heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs),
@@ -428,7 +481,45 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
         publisher,
     )?;
     tracing::info!(host, nats = ?config.nats.url, "osprey-collector running");
-    let result = pipeline.run(shutdown).await;
+    let (result, scanned) = match scan_queries {
+        Some(asks) => {
+            pipeline.scan_existing();
+            let hash_queue = pipeline.hash_queue();
+            let snapshot = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let taken = snapshot.clone();
+            let limit = args.limit.max(1);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
+            let scanned = async move {
+                // Every executable hashed (and so judged by the feeds and the policy), or the
+                // deadline; then a moment for samples, verdicts and actions to land.
+                while hash_queue.load(std::sync::atomic::Ordering::Relaxed) > 0
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(SCAN_SETTLE).await;
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let query = protocol::Query {
+                    kind: protocol::QueryKind::Processes(protocol::ProcessFilter {
+                        limit,
+                        ..Default::default()
+                    }),
+                };
+                if asks.send(QueryRequest { query, reply }).await.is_ok() {
+                    if let (Ok(answer), Ok(mut slot)) = (answer.await, taken.lock()) {
+                        *slot = Some(answer);
+                    }
+                }
+            };
+            let result = tokio::select! {
+                result = pipeline.run(scanned) => result,
+                () = shutdown => Ok(()),
+            };
+            let snapshot = snapshot.lock().ok().and_then(|mut s| s.take());
+            (result, Some(snapshot))
+        }
+        None => (pipeline.run(shutdown).await, None),
+    };
     if let Some(task) = query_task {
         task.abort();
     }
@@ -440,6 +531,11 @@ async fn run(args: Args, shutdown: impl std::future::Future<Output = ()>) -> any
     let stats = publisher_task.shutdown(Duration::from_secs(3)).await;
     tracing::info!(spool_depth = stats.spool_depth, "osprey-collector stopped");
     result?;
+    match scanned {
+        Some(Some(snapshot)) => println!("{}", serde_json::to_string(&snapshot)?),
+        Some(None) => anyhow::bail!("the scan was stopped before its snapshot was taken"),
+        None => {}
+    }
     Ok(())
 }
 

@@ -310,6 +310,48 @@ impl<S: EventSource> Pipeline<S> {
         }
     }
 
+    /// Executables waiting to be hashed (`osprey scan` waits for none).
+    pub fn hash_queue(&self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        self.hashes.queued()
+    }
+
+    /// `osprey scan`: every live process is judged as if it had just started (rules and
+    /// heuristics see an exec event, which is not published), its executable hashed and
+    /// looked up, and CPU and memory sampled, so the snapshot that follows is complete and
+    /// local response acts on what the policy names.
+    pub fn scan_existing(&mut self) {
+        let live: Vec<(Process, Option<crate::source::FileId>)> = self
+            .table
+            .live_with_files()
+            .map(|(p, file)| (p.clone(), file))
+            .collect();
+        let now = protocol::Timestamp::now();
+        for (process, file) in live {
+            let mut process = self.enrich(process);
+            self.activity.track(process.exec_id);
+            if let Some(file) = file {
+                process.sha256 = self.hashes.lookup(file, process.exec_id, &process.exe);
+                if let Some(entry) = self.table.get_mut(process.pid) {
+                    entry.sha256.clone_from(&process.sha256);
+                }
+            }
+            let event = Event {
+                time: now,
+                host: self.options.host.clone(),
+                ancestry: self.table.ancestry(&process),
+                process,
+                detail: EventDetail::Exec(ExecEvent { previous_exe: None }),
+            };
+            self.detect(&event);
+            if let Some(sha256) = &event.process.sha256 {
+                self.judge_hash(event.process.exec_id, sha256);
+            }
+        }
+        if !self.sampler.request(SampleScope::All) {
+            tracing::debug!("resource sample still running: the scan's sample is skipped");
+        }
+    }
+
     /// Runs every detector on `event`; new findings (not repeats) are published.
     fn detect(&mut self, event: &Event) {
         for detection in self.detectors.evaluate(event) {
@@ -322,6 +364,7 @@ impl<S: EventSource> Pipeline<S> {
     /// A new finding: published, remembered (queries, history) and, with local response,
     /// handed to the actuator.
     fn found(&mut self, finding: Finding) {
+        crate::metrics::get().finding(finding.severity);
         self.activity.finding(&finding);
         self.publisher.finding(&finding);
         if let Some(history) = &mut self.history {
@@ -389,6 +432,7 @@ impl<S: EventSource> Pipeline<S> {
 
     /// A verdict about one process's executable: the rules and the intel detector see it.
     fn judge(&mut self, process: Process, verdict: protocol::IntelVerdictEvent) {
+        self.activity.verdict(process.exec_id, &verdict);
         let ancestry = self.table.ancestry(&process);
         let event =
             crate::detect::intel::verdict_event(&self.options.host, process, ancestry, verdict);
@@ -513,18 +557,21 @@ impl<S: EventSource> Pipeline<S> {
     }
 
     fn store_hash(&mut self, result: HashResult) {
-        self.hashes.store(&result);
-        let fresh = self
-            .table
-            .get_mut(result.exec_id.pid)
-            .filter(|p| p.exec_id == result.exec_id && p.sha256.is_none())
-            .map(|p| p.sha256 = Some(result.sha256.clone()))
-            .is_some();
-        if fresh {
-            self.judge_hash(result.exec_id, &result.sha256);
+        let waiters = self.hashes.store(&result);
+        for exec_id in std::iter::once(result.exec_id).chain(waiters) {
+            let fresh = self
+                .table
+                .get_mut(exec_id.pid)
+                .filter(|p| p.exec_id == exec_id && p.sha256.is_none())
+                .map(|p| p.sha256 = Some(result.sha256.clone()))
+                .is_some();
+            if !fresh {
+                continue;
+            }
+            self.judge_hash(exec_id, &result.sha256);
             let hashed = self
                 .table
-                .by_exec_id(&result.exec_id)
+                .by_exec_id(&exec_id)
                 .cloned()
                 .zip(self.history.as_mut());
             if let Some((process, history)) = hashed {
@@ -602,7 +649,7 @@ impl<S: EventSource> Pipeline<S> {
         let table = self.table.stats();
         let total: u64 = self.events_by_kind.values().sum();
         let elapsed = self.last_heartbeat.elapsed().as_secs_f64().max(0.001);
-        let heartbeat = Heartbeat {
+        let mut heartbeat = Heartbeat {
             host: self.options.host.clone(),
             time: Timestamp::now(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -619,19 +666,19 @@ impl<S: EventSource> Pipeline<S> {
             drops_by_cgroup: stats.drops_by_cgroup,
             pending,
             evicted,
-            spool_depth: publisher.spool_depth,
-            spool_evicted: publisher.spool_evicted,
             process_table_size: table.size,
             process_table_evicted: table.evicted,
             active_blocks: self
                 .options
                 .active_blocks
                 .load(std::sync::atomic::Ordering::Relaxed),
-            // The publisher writes its own counters in when it queues the heartbeat.
+            ring: stats.ring,
             ..Default::default()
         };
+        publisher.stamp(&mut heartbeat);
         self.events_at_last_heartbeat = total;
         self.last_heartbeat = Instant::now();
+        crate::metrics::get().heartbeat(&heartbeat);
         self.publisher.heartbeat(&heartbeat);
     }
 }

@@ -237,8 +237,16 @@ function viewLive(kind, fn) { liveHandlers[kind].push(fn); }
 for (const k of Object.keys(liveHandlers)) liveHandlers[k].forEach((f) => { f.global = true; });
 
 // ---------- overview ----------
+// Live updates re-render the view's content; the handler is registered once per visit (a
+// handler that registered itself again on every re-render would double with each event).
 views.overview = async () => {
+  await renderOverview();
+  viewLive('finding', () => { if (state.view === 'overview') renderOverview().catch(() => {}); });
+};
+
+async function renderOverview() {
   const o = await api('/api/v1/overview?window=24h&buckets=48');
+  if (state.view !== 'overview') return;
   const f = o.findings;
   const total = f.totals.reduce((a, b) => a + b, 0);
   const card = (n, l, cls) => el('div', { class: 'card' }, el('div', { class: 'n ' + (cls || '') }, String(n)), el('div', { class: 'l' }, l));
@@ -263,8 +271,7 @@ views.overview = async () => {
         f.top_hosts.map((r) => el('tr', {}, el('td', {}, el('a', { href: '#/findings?host=' + encodeURIComponent(r.name) }, r.name)), el('td', {}, String(r.count))))))),
     el('div', { class: 'panel' }, el('h2', {}, 'Host health'),
       table(['host', 'status', 'last heartbeat', 'events/s', 'drops', 'spool', 'findings 24 h'], hostRows, { id: 'health' })));
-  viewLive('finding', () => { if (state.view === 'overview') views.overview().catch(() => {}); });
-};
+}
 
 // ---------- findings ----------
 function hashParams() {
@@ -508,8 +515,15 @@ views.audit = async () => {
 
 // ---------- approvals ----------
 views.approvals = async () => {
-  const data = await api('/api/v1/approvals');
+  // The result line outlives re-renders, so an answer is not wiped by the audit it causes.
   const out = el('div', { id: 'approval-result', class: 'result' });
+  await renderApprovals(out);
+  viewLive('audit', (r) => { if (state.view === 'approvals' && r.pending_id) renderApprovals(out).catch(() => {}); });
+};
+
+async function renderApprovals(out) {
+  const data = await api('/api/v1/approvals');
+  if (state.view !== 'approvals') return;
   const decide = async (item, verdict) => {
     const r = item.record;
     const what = `${verdict === 'approve' ? 'Approve' : 'Deny'} ${r.action} of ${r.target || 'the target'} on host ${r.host}?`;
@@ -533,8 +547,7 @@ views.approvals = async () => {
   main().replaceChildren(el('h1', {}, 'Pending approvals'), out,
     el('div', { class: 'panel' }, rows.length ? table(['since', 'host', 'action', 'target', 'finding', 'why', ''], rows, { id: 'approvals' })
       : el('p', { class: 'muted', id: 'approvals-empty' }, 'Nothing is waiting for an operator.')));
-  viewLive('audit', (r) => { if (state.view === 'approvals' && r.pending_id) views.approvals().catch(() => {}); });
-};
+}
 
 // ---------- manual actions ----------
 views.actions = async () => {

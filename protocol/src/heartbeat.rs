@@ -57,4 +57,18 @@ pub struct Heartbeat {
     /// Active kernel blocks (destinations and kill-on-exec entries).
     #[serde(default)]
     pub active_blocks: u64,
+    /// How much of the kernel ring buffer the records take.
+    #[serde(default)]
+    pub ring: RingUse,
+}
+
+/// The kernel ring buffer's use (zero where the source has none, e.g. ETW).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingUse {
+    pub size_bytes: u64,
+    /// Bytes of records read since start.
+    pub read_bytes: u64,
+    /// The most bytes read in one wake-up since the previous heartbeat: how full the ring
+    /// got (a wake-up reads all there is). Near `size_bytes`, records are about to drop.
+    pub largest_read_bytes: u64,
 }

@@ -34,7 +34,7 @@ pub use event::{
     ForkEvent, IntelVerdictEvent, MemorySampleEvent, Outcome, SocketFamily, TransportProtocol,
 };
 pub use finding::{ActionKind, Detector, Finding, FindingId, Trigger};
-pub use heartbeat::Heartbeat;
+pub use heartbeat::{Heartbeat, RingUse};
 pub use investigation::{
     Assessment, Investigation, InvestigationOutcome, Proposal, ProposalReply, ProposedAction, Step,
 };

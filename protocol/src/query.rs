@@ -102,6 +102,9 @@ pub struct ProcessState {
     /// Findings raised on this `ExecId`, newest first (bounded).
     #[serde(default)]
     pub findings: Vec<FindingSummary>,
+    /// The latest threat-intelligence verdict on its executable (VirusTotal or a feed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intel: Option<crate::IntelVerdictEvent>,
     pub risk: Risk,
 }
 

@@ -2,6 +2,7 @@
 //! fresh profile and every background network feature off (this machine has no network).
 
 use std::{
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -29,7 +30,9 @@ pub fn screenshot_dir() -> PathBuf {
 impl Browser {
     pub async fn start() -> Browser {
         let port = crate::nats::free_port();
+        // Its own process group, so that Chromium (its child) goes with it on drop.
         let driver = Command::new(chromedriver())
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -84,16 +87,17 @@ impl Browser {
         path
     }
 
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        if let Ok(group) = i32::try_from(self.driver.id()) {
+            // SAFETY: kill(2) with a negative pid signals the process group we created.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
         let _ = self.driver.wait();
     }
 }

@@ -151,7 +151,11 @@ impl Collector {
         logged: bool,
         stdout: Stdio,
     ) -> Collector {
-        let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/osprey-test-{host}"));
+        // bpffs refuses names with a dot: the host's subject token has none.
+        let pin_dir = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/osprey-test-{}",
+            protocol::subject::host_token(&host)
+        ));
         // Each collector keeps its history in a file of its own, never the host's.
         let history = (!args
             .iter()

@@ -44,6 +44,8 @@ struct Env {
     responder_key: KeyPair,
     console_key: KeyPair,
     listener: TcpListener,
+    /// Where the collector serves /metrics.
+    collector_metrics: String,
 }
 
 impl Env {
@@ -58,6 +60,7 @@ impl Env {
             responder_key: KeyPair::generate().unwrap(),
             console_key: KeyPair::generate().unwrap(),
             listener: TcpListener::bind("127.0.0.1:0").unwrap(),
+            collector_metrics: format!("127.0.0.1:{}", osprey_tests::nats::free_port()),
         }
     }
 
@@ -70,7 +73,8 @@ impl Env {
         std::fs::write(
             &config,
             format!(
-                "sensor:\n  cgroup_root: {cg}\nactuator:\n  trusted_keys: [\"{r}\", \"{c}\"]\n  state_dir: {d}/state\n  audit_file: {d}/actuator-audit.jsonl\n  quarantine_dir: {d}/quarantine\n  dump_dir: {d}/dumps\n",
+                "metrics_address: {m}\nsensor:\n  cgroup_root: {cg}\nactuator:\n  trusted_keys: [\"{r}\", \"{c}\"]\n  state_dir: {d}/state\n  audit_file: {d}/actuator-audit.jsonl\n  quarantine_dir: {d}/quarantine\n  dump_dir: {d}/dumps\n",
+                m = self.collector_metrics,
                 cg = self.cgroup.path.display(),
                 r = self.responder_key.public_base64(),
                 c = self.console_key.public_base64(),
@@ -250,8 +254,23 @@ async fn confirm(c: &Client) {
     wait_css(c, "#modal-confirm").await.click().await.unwrap();
 }
 
+/// The whole browser flow takes well under a minute; a WebDriver call that never returns
+/// must fail the test rather than hold the suite.
+const BROWSER_FLOW_LIMIT: Duration = Duration::from_secs(300);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_live_findings_and_acts_from_the_browser() {
+    tokio::time::timeout(BROWSER_FLOW_LIMIT, browser_flow())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the browser flow did not finish within {BROWSER_FLOW_LIMIT:?}; the last screenshot in {} shows where it stood",
+                osprey_tests::browser::screenshot_dir().display()
+            )
+        });
+}
+
+async fn browser_flow() {
     let started = Instant::now();
     let env = Env::new("console-ui").await;
     let collector = env.collector().await;
@@ -838,14 +857,43 @@ async fn the_api_authenticates_renders_ocsf_counts_metrics_and_survives_a_restar
             "osprey_console_actions_total{action=\"dry_run\",result=\"ok\"}",
         ) == 2.0
             && metrics::value(&samples, "osprey_console_logins_total{outcome=\"wrong\"}") == 1.0;
-        (console_ok && responder_ok && console_audit_ok && actions_ok)
+        // The collector counts the test's high findings exactly, and acknowledged publications
+        // cover every finding received (other processes on the host raise findings too, so
+        // the other severities move while the test runs).
+        let text = Http::new(&format!("http://{}", env.collector_metrics)).get("/metrics", &[]).2;
+        let host = metrics::parse(&text);
+        let raised: f64 = Severity::ALL
+            .iter()
+            .map(|s| {
+                metrics::value(
+                    &host,
+                    &format!("osprey_collector_findings_total{{severity=\"{s}\"}}"),
+                )
+            })
+            .sum();
+        let acked = metrics::value(&host, "osprey_collector_publish_latency_seconds_count");
+        let collector_ok = metrics::value(&host, "osprey_collector_findings_total{severity=\"high\"}")
+            as usize
+            == per_severity.get(&Severity::High).copied().unwrap_or(0)
+            && acked as usize >= received.len()
+            && acked <= raised
+            && metrics::value(&host, "osprey_collector_ring_buffer_size_bytes") == 8_388_608.0
+            && metrics::value(&host, "osprey_collector_ring_buffer_read_bytes_total") > 0.0
+            // Two script engines ran in the test's cgroup, on a host with more going on.
+            && metrics::value(&host, "osprey_collector_events_total{kind=\"exec\"}") >= 2.0;
+        (console_ok && responder_ok && console_audit_ok && actions_ok && collector_ok)
             .then_some((samples, responder))
     })
     .await;
     assert!(
         counted.is_some(),
-        "the metrics never matched the workload: console {:?}",
-        metrics::parse(&http.get("/metrics", &[]).2)
+        "the metrics never matched the workload: console {:?}\ncollector {:?}",
+        metrics::parse(&http.get("/metrics", &[]).2),
+        metrics::parse(
+            &Http::new(&format!("http://{}", env.collector_metrics))
+                .get("/metrics", &[])
+                .2
+        )
     );
 
     // Restart mid-stream: no finding missed, none shown twice.

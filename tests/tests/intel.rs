@@ -56,6 +56,11 @@ impl Host {
 
     /// A collector acting on its own findings with `policy`, plus `extra` YAML.
     async fn collector(&self, policy: &Path, extra: &str) -> Collector {
+        Collector::start_offline(&self.config(policy, extra), &[]).await
+    }
+
+    /// The configuration of a collector acting on its own findings with `policy`.
+    fn config(&self, policy: &Path, extra: &str) -> PathBuf {
         let config = self.path("collector.yaml");
         let text = format!(
             "sensor:\n  cgroup_root: {cg}\npolicy: {policy}\nresponse:\n  mode: local\n\
@@ -67,7 +72,7 @@ impl Host {
             audit = self.audit().display(),
         );
         std::fs::write(&config, text).unwrap();
-        Collector::start_offline(&config, &[]).await
+        config
     }
 
     /// A program of its own (its hash is unique to this run) compiled as `name`, that
@@ -401,4 +406,74 @@ async fn lookups_keep_to_the_rate_limit_and_survive_the_service_going_away() {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// `osprey scan` on this machine, with `args`: its exit status, stdout lines and stderr.
+fn scan(config: &Path, args: &[&str]) -> (std::process::ExitStatus, Vec<String>, String) {
+    let bin = osprey_tests::bin_dir();
+    let out = Command::new(bin.join("osprey"))
+        .arg("scan")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("OSPREY_COLLECTOR", bin.join("osprey-collector"))
+        .output()
+        .expect("osprey scan runs");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A process the policy names, started before any collector (so only the scan's own look at
+/// running processes can judge it): `osprey scan --limit 5` lists it first and does nothing;
+/// `--apply` kills it and quarantines its executable, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_prints_a_table_and_apply_acts_on_what_the_policy_names() {
+    let host = Host::new("scan");
+    let virus = host.sleeper("virus");
+    let mut child = host.spawn(&virus);
+    let pid = child.id();
+    let config = host.config(&deploy_policy(), "");
+
+    let (status, lines, stderr) = scan(&config, &["--limit", "5"]);
+    assert!(status.success(), "osprey scan failed: {stderr}");
+    assert!(lines[0].starts_with("RISK"), "a table: {lines:#?}");
+    assert!(
+        (2..=6).contains(&lines.len()),
+        "a header and at most 5 rows: {lines:#?}"
+    );
+    let first: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        (first[0], first[1]),
+        ("CRITICAL", pid.to_string().as_str()),
+        "the named process is the riskiest: {lines:#?}"
+    );
+    assert!(lines[1].contains(&sha256_of(&virus)[..12]), "{lines:#?}");
+    assert!(alive(&mut child), "without --apply nothing is done");
+    let dry = audit_lines(&host.audit())
+        .into_iter()
+        .find(|a| a.action == "kill" && a.pid == Some(pid))
+        .expect("the kill is decided and audited");
+    assert_eq!(dry.decision, Decision::DryRun, "{dry:?}");
+
+    let (status, _, stderr) = scan(&config, &["--apply", "--limit", "5"]);
+    assert!(status.success(), "osprey scan --apply failed: {stderr}");
+    let status = eventually(Duration::from_secs(5), || child.try_wait().ok().flatten()).await;
+    assert!(status.is_some(), "--apply killed it");
+    let executed = |action: &str| {
+        audit_lines(&host.audit())
+            .into_iter()
+            .any(|a| a.action == action && a.pid == Some(pid) && a.decision == Decision::Executed)
+    };
+    assert!(
+        executed("kill") && executed("quarantine"),
+        "{:#?}",
+        audit_lines(&host.audit())
+    );
+    assert!(!virus.exists(), "quarantined");
 }

@@ -26,7 +26,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     run_cmd(
         cargo()
             .current_dir(&root)
-            .args(["test", "--", "--test-threads=1"])
+            .args(["test", "--no-fail-fast", "--", "--test-threads=1"])
             .env("OSPREY_BIN_DIR", root.join("target/debug")),
     )?;
     crate::fuzz::run(crate::fuzz::FuzzArgs::default())?;

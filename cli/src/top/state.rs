@@ -900,6 +900,7 @@ mod tests {
                 closed: None,
             }],
             findings: vec![],
+            intel: None,
             risk: Risk {
                 level: risk,
                 reasons: vec![],

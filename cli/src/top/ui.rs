@@ -650,6 +650,7 @@ mod tests {
                         rss_bytes: Some(8 << 20),
                         connections: vec![],
                         findings: vec![],
+                        intel: None,
                         risk: Risk {
                             level: Severity::High,
                             reasons: vec![],

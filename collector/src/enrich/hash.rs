@@ -9,7 +9,10 @@
 
 use std::{
     io::Read,
-    sync::mpsc as std_mpsc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc as std_mpsc, Arc,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -41,7 +44,12 @@ pub struct ExeHashes {
     known: CountedLru<FileId, String>,
     /// Files whose hash was last (re)validated recently: not re-sent to the worker.
     checked: CountedLru<FileId, Instant>,
+    /// Processes of a file whose hash is on its way, besides the one that asked for it: the
+    /// result is theirs too.
+    waiting: CountedLru<FileId, Vec<ExecId>>,
     requests: std_mpsc::SyncSender<Request>,
+    /// Requests sent and not yet handled by the worker (`osprey scan` waits for none).
+    queued: Arc<AtomicUsize>,
     dropped: u64,
 }
 
@@ -51,20 +59,27 @@ const RECHECK_AFTER: Duration = Duration::from_secs(5);
 const MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
 /// Executables whose hash is remembered (on each side of the queue).
 const CACHE_ENTRIES: usize = 16_384;
+/// Processes of one file that wait for its hash (a fork-exec storm of one program runs many
+/// at once; the rest learn the hash from the cache later, if they ask again).
+const MAX_WAITERS: usize = 64;
 
 impl ExeHashes {
     /// Starts the worker thread; results arrive on the returned receiver.
     pub fn start() -> std::io::Result<(Self, mpsc::UnboundedReceiver<HashResult>)> {
         let (req_tx, req_rx) = std_mpsc::sync_channel::<Request>(4096);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let handled = queued.clone();
         let (res_tx, res_rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("osprey-hash".into())
-            .spawn(move || worker(req_rx, res_tx))?;
+            .spawn(move || worker(req_rx, res_tx, &handled))?;
         Ok((
             ExeHashes {
                 known: CountedLru::new(CACHE_ENTRIES),
                 checked: CountedLru::new(CACHE_ENTRIES),
+                waiting: CountedLru::new(CACHE_ENTRIES),
                 requests: req_tx,
+                queued,
                 dropped: 0,
             },
             res_rx,
@@ -86,15 +101,33 @@ impl ExeHashes {
                 exec_id,
                 exe: exe.to_string(),
             };
+            // Counted before the worker can see it, so the count never goes below zero.
+            self.queued.fetch_add(1, Ordering::Relaxed);
             if self.requests.try_send(req).is_err() {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 self.dropped += 1;
             }
         }
-        self.known.get(&file).cloned()
+        let known = self.known.get(&file).cloned();
+        if known.is_none() && fresh {
+            match self.waiting.get_mut(&file) {
+                Some(waiters) if waiters.len() < MAX_WAITERS => waiters.push(exec_id),
+                Some(_) => {}
+                None => self.waiting.insert(file, vec![exec_id]),
+            }
+        }
+        known
     }
 
-    pub fn store(&mut self, result: &HashResult) {
+    /// Requests the worker has yet to handle.
+    pub fn queued(&self) -> Arc<AtomicUsize> {
+        self.queued.clone()
+    }
+
+    /// Remembers a computed hash; returns the other processes that were waiting for it.
+    pub fn store(&mut self, result: &HashResult) -> Vec<ExecId> {
         self.known.insert(result.file, result.sha256.clone());
+        self.waiting.remove(&result.file).unwrap_or_default()
     }
 
     /// Hash requests skipped because the worker was behind.
@@ -114,9 +147,22 @@ struct Version {
     size: u64,
 }
 
-fn worker(requests: std_mpsc::Receiver<Request>, results: mpsc::UnboundedSender<HashResult>) {
+fn worker(
+    requests: std_mpsc::Receiver<Request>,
+    results: mpsc::UnboundedSender<HashResult>,
+    queued: &AtomicUsize,
+) {
     let mut cache: CountedLru<FileId, (Version, String)> = CountedLru::new(CACHE_ENTRIES);
     while let Ok(req) = requests.recv() {
+        // Handled from here on, whatever becomes of it; a result is sent before the count
+        // falls, so no result is still in flight when it reads zero.
+        struct Done<'a>(&'a AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _done = Done(queued);
         let Some(mut file) = open_verified(&req) else {
             continue;
         };
@@ -246,13 +292,25 @@ mod tests {
         let (mut hashes, mut results) = ExeHashes::start().unwrap();
         let file = id_of(&path);
         assert_eq!(hashes.lookup(file, gone(), path.to_str().unwrap()), None);
+        // A second process of the same file while its hash is on the way waits for it.
+        let second = ExecId { seq: 1, ..gone() };
+        assert_eq!(hashes.lookup(file, second, path.to_str().unwrap()), None);
         let r = results.recv().await.unwrap();
         // SHA-256("abc")
         assert_eq!(
             r.sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        hashes.store(&r);
+        assert_eq!(hashes.store(&r), vec![second]);
+        // The worker counts the request handled just after sending its result.
+        let queued = hashes.queued();
+        for _ in 0..500 {
+            if queued.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
         assert_eq!(
             hashes.lookup(file, gone(), "/nonexistent").as_deref(),
             Some(r.sha256.as_str())

@@ -332,6 +332,14 @@ impl ProcessTable {
     }
 
     /// Every live process (exited ones excluded), in no particular order.
+    /// Live processes with their executable's identity as the kernel reported it.
+    pub fn live_with_files(&self) -> impl Iterator<Item = (&Process, Option<FileId>)> {
+        self.entries
+            .values()
+            .filter(|e| e.exited.is_none())
+            .map(|e| (&e.process, e.file))
+    }
+
     pub fn live(&self) -> impl Iterator<Item = &Process> {
         self.entries
             .values()

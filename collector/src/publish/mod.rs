@@ -362,14 +362,13 @@ impl Publisher {
     /// counters ([`PublisherStats::stamp`]) written into it. Never blocks; a heartbeat that
     /// cannot go now is counted in `heartbeats_dropped` (the next one carries fresher numbers
     /// anyway).
+    /// Queues a heartbeat, [`PublisherStats::stamp`]ed by the caller.
     pub fn heartbeat(&self, heartbeat: &Heartbeat) {
         let inner = &self.inner;
         let Some(heartbeats) = &inner.heartbeats else {
             return;
         };
-        let mut heartbeat = heartbeat.clone();
-        self.stats().stamp(&mut heartbeat);
-        let queued = match protocol::encode(&heartbeat) {
+        let queued = match protocol::encode(heartbeat) {
             Ok(payload) => heartbeats
                 .try_send(CoreMessage {
                     subject: subject::heartbeat(&inner.host),

@@ -16,6 +16,7 @@ use async_nats::{
 };
 use bus::{FindingsStream, IfMissing, OpenError};
 use bytes::Bytes;
+use futures::FutureExt;
 use protocol::{subject, Finding};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -305,7 +306,16 @@ impl FindingSender {
                 .send_publish(subject::findings(&self.host, finding.severity), publish)
                 .await
             {
-                Ok(ack) => in_flight.push((spooled.seq, finding.id, ack.into_future())),
+                Ok(ack) => {
+                    let sent = std::time::Instant::now();
+                    let ack = ack.into_future().map(move |result| {
+                        if result.is_ok() {
+                            crate::metrics::get().published(sent.elapsed());
+                        }
+                        result
+                    });
+                    in_flight.push((spooled.seq, finding.id, ack));
+                }
                 Err(error) => {
                     failure = Some(error.into());
                     break;

@@ -53,6 +53,8 @@ pub struct ProcessActivity {
     /// The highest severity and title among them.
     pub highest: Option<(Severity, String)>,
     pub sample: Option<ResourceSample>,
+    /// The latest threat-intelligence verdict on its executable.
+    pub intel: Option<protocol::IntelVerdictEvent>,
 }
 
 /// Evictions since start, by what was pushed out.
@@ -167,6 +169,16 @@ impl Activity {
     }
 
     /// Takes in a finding raised on a process.
+    /// Keeps activity (samples, verdicts) for this process from now on, as for one with
+    /// connections or findings (`osprey scan` tracks every process).
+    pub fn track(&mut self, exec_id: ExecId) {
+        self.entry(exec_id);
+    }
+
+    pub fn verdict(&mut self, exec_id: ExecId, verdict: &protocol::IntelVerdictEvent) {
+        self.entry(exec_id).intel = Some(verdict.clone());
+    }
+
     pub fn finding(&mut self, finding: &Finding) {
         let entry = self.entry(finding.process.exec_id);
         let full = entry.findings.len() >= MAX_FINDINGS;

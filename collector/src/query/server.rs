@@ -174,6 +174,7 @@ mod tests {
             rss_bytes: None,
             connections: vec![],
             findings: vec![],
+            intel: None,
             risk: protocol::Risk {
                 level: protocol::Severity::Info,
                 reasons: vec![],

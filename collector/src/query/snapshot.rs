@@ -175,6 +175,7 @@ fn state(
                 closed: c.closed,
             })
             .collect(),
+        intel: activity.and_then(|a| a.intel.clone()),
         findings: activity
             .into_iter()
             .flat_map(|a| a.findings.iter().rev())

@@ -140,6 +140,8 @@ pub struct SourceStats {
     pub pending: BTreeMap<String, u64>,
     /// Entries bounded structures had to push out (or found stale) since start, by structure.
     pub evicted: BTreeMap<String, u64>,
+    /// The kernel ring buffer's use; its largest read restarts at each call.
+    pub ring: protocol::RingUse,
 }
 
 /// Cgroups whose drops a heartbeat lists.

@@ -119,6 +119,7 @@ pub struct EbpfSource {
     /// When the last non-empty batch was handed out (see [`BATCH_INTERVAL`]).
     last_batch: Option<tokio::time::Instant>,
     translator: Translator,
+    ring_use: protocol::RingUse,
 }
 
 /// Turns ring-buffer records into [`SensorEvent`]s (separate from the ring so both can be
@@ -447,6 +448,10 @@ impl EventSource for EbpfSource {
             enforcing: Arc::new(AtomicU64::new(0)),
             exec_buf: decode::new_exec_buffer(),
             last_batch: None,
+            ring_use: protocol::RingUse {
+                size_bytes: u64::from(options.buffer_bytes),
+                ..Default::default()
+            },
             translator: Translator {
                 joiner: ConnectJoiner::new(options.connect_outcome_wait),
                 clock: BootClock::now(),
@@ -473,13 +478,17 @@ impl EventSource for EbpfSource {
                     // Drain what is there; bounded so timers still get their turn.
                     let ring = guard.get_inner_mut();
                     let mut drained = false;
+                    let mut read = 0u64;
                     for _ in 0..4096 {
                         let Some(item) = ring.next() else {
                             drained = true;
                             break;
                         };
+                        read += item.len() as u64;
                         self.translator.handle(&item, &mut self.exec_buf, now, out);
                     }
+                    self.ring_use.read_bytes += read;
+                    self.ring_use.largest_read_bytes = self.ring_use.largest_read_bytes.max(read);
                     if drained {
                         guard.clear_ready();
                     }
@@ -536,6 +545,8 @@ impl EventSource for EbpfSource {
         stats
             .evicted
             .insert("kernel_connect_tracking_stale".into(), self.tracking.stale);
+        stats.ring = self.ring_use;
+        self.ring_use.largest_read_bytes = 0;
         stats
     }
 
