@@ -37,7 +37,7 @@ pub fn definitions() -> Value {
     };
     let exec_id = json!({"type": "string", "description": "an exec_id (bootid-pid-ticks-seq) from earlier data; default: the finding's process"});
     json!([
-        function(GET_PROCESS, "The live state of a process on the finding's host: identity, argv, user, ancestry (nearest parent first), connections, findings, risk.",
+        function(GET_PROCESS, "The live state of a process on the finding's host: identity, argv, user, ancestry (nearest parent first), connections, findings, threat-intelligence verdict, risk.",
             json!({"type": "object", "properties": {"exec_id": exec_id}})),
         function(LIST_PROCESSES, "A snapshot of the host's live processes, riskiest first.",
             json!({"type": "object", "properties": {
