@@ -452,7 +452,12 @@ impl Responder {
             }
         }
         if let Some(Action::Block { cidr, .. }) = &p.action {
-            let net: IpNet = cidr.parse().map_err(|e| format!("{cidr}: {e}"))?;
+            // A block built from a finding names one address (`Action::for_finding`), an
+            // operator's a CIDR: both are checked as networks.
+            let net: IpNet = cidr
+                .parse()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|e| format!("{cidr}: {e}"))?;
             if let Some(n) = self
                 .protected_networks
                 .iter()
