@@ -18,16 +18,20 @@ pub enum Role<'a> {
     /// A host's collector (publisher, actuator, query responder), by host name.
     Host(&'a str),
     Responder,
+    /// The AI investigator (osprey-investigator).
+    Investigator,
     /// `osprey` CLI, console, any operator tool.
     Operator,
 }
 
 impl Role<'_> {
-    /// `_INBOX.host.<host token>`, `_INBOX.responder`, `_INBOX.operator`.
+    /// `_INBOX.host.<host token>`, `_INBOX.responder`, `_INBOX.investigator`,
+    /// `_INBOX.operator`.
     pub fn inbox_prefix(&self) -> String {
         match self {
             Role::Host(host) => format!("_INBOX.host.{}", subject::host_token(host)),
             Role::Responder => "_INBOX.responder".to_string(),
+            Role::Investigator => "_INBOX.investigator".to_string(),
             Role::Operator => "_INBOX.operator".to_string(),
         }
     }
@@ -118,6 +122,7 @@ mod tests {
         assert_eq!(Role::Host("web.1").inbox_prefix(), "_INBOX.host.web_2e1");
         assert_eq!(Role::Host("web_1").inbox_prefix(), "_INBOX.host.web_5f1");
         assert_eq!(Role::Responder.inbox_prefix(), "_INBOX.responder");
+        assert_eq!(Role::Investigator.inbox_prefix(), "_INBOX.investigator");
         assert_eq!(Role::Operator.inbox_prefix(), "_INBOX.operator");
     }
 

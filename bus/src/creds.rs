@@ -23,6 +23,8 @@ use crate::permissions::{self, OPERATOR_VARIABLE, RESPONDER_VARIABLE};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Principal {
     Responder,
+    /// The AI investigator (osprey-investigator).
+    Investigator,
     /// An operator (or an operator tool such as the console), by name.
     Operator(String),
     /// A host, by the host name its collector uses.
@@ -35,6 +37,7 @@ impl Principal {
     pub fn file_stem(&self) -> String {
         match self {
             Principal::Responder => "responder".to_string(),
+            Principal::Investigator => "investigator".to_string(),
             Principal::Operator(name) => format!("operator-{}", host_token(name)),
             Principal::Host(name) => format!("host-{}", host_token(name)),
         }
@@ -43,6 +46,9 @@ impl Principal {
     fn from_file_stem(stem: &str) -> Option<Principal> {
         if stem == "responder" {
             return Some(Principal::Responder);
+        }
+        if stem == "investigator" {
+            return Some(Principal::Investigator);
         }
         if let Some(token) = stem.strip_prefix("operator-") {
             return host_from_token(token).map(Principal::Operator);
@@ -56,6 +62,7 @@ impl Principal {
     pub fn describe(&self) -> String {
         match self {
             Principal::Responder => "responder".to_string(),
+            Principal::Investigator => "investigator".to_string(),
             Principal::Operator(name) => format!("operator {}", name.escape_debug()),
             Principal::Host(name) => {
                 format!("host {} (token {})", name.escape_debug(), host_token(name))
@@ -67,6 +74,9 @@ impl Principal {
     pub fn user_entry(&self, public_key: &str) -> String {
         let permissions = match self {
             Principal::Responder => format!("${RESPONDER_VARIABLE}"),
+            // Inline, not a roles.conf variable: nats-server refuses a variable no user refers
+            // to, and most deployments have no investigator.
+            Principal::Investigator => permissions::investigator().render(2),
             Principal::Operator(_) => format!("${OPERATOR_VARIABLE}"),
             Principal::Host(name) => permissions::host(name).render(2),
         };
@@ -147,7 +157,7 @@ impl CredsDir {
         })
     }
 
-    /// Everyone with a public key here, responder first, then operators, then hosts.
+    /// Everyone with a public key here, responder first, then the investigator, operators, hosts.
     pub fn principals(&self) -> Result<Vec<(Principal, String)>, CredsError> {
         let keys = self.keys();
         let mut found = Vec::new();

@@ -12,6 +12,8 @@ use protocol::subject::{self, host_token};
 /// The durable consumer through which the responder reads findings. Operators may create
 /// consumers of their own on the stream, never this one, and cannot ack its deliveries.
 pub const RESPONDER_CONSUMER: &str = "osprey-responder";
+/// The investigator's durable consumer of findings; as private to it as the responder's.
+pub const INVESTIGATOR_CONSUMER: &str = "osprey-investigator";
 
 /// One role's permissions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,10 +80,45 @@ pub fn responder() -> Permissions {
             subject::HEARTBEAT_WILDCARD.to_string(),
             subject::AUDIT_WILDCARD.to_string(),
             subject::APPROVALS.to_string(),
+            subject::RESPONDER_PROPOSALS.to_string(),
             format!("{}.>", crate::Role::Responder.inbox_prefix()),
         ],
-        // It answers approvals with what became of them.
+        // It answers approvals and proposals with what became of them.
         allow_responses: true,
+    }
+}
+
+/// The AI investigator: reads findings through its own durable consumer (the stream must
+/// exist: it never creates it), queries hosts (read-only), follows the audit trail, creates
+/// and publishes to `OSPREY_INVESTIGATIONS`, and sends proposals to the responder. It cannot
+/// command hosts, approve, switch the responder's mode, or publish findings or audit
+/// records: whatever it concludes, only the responder acts.
+pub fn investigator() -> Permissions {
+    let findings = subject::FINDINGS_STREAM;
+    let consumer = INVESTIGATOR_CONSUMER;
+    let investigations = subject::INVESTIGATIONS_STREAM;
+    Permissions {
+        publish_allow: vec![
+            "osprey.query.*".to_string(),
+            format!("{}.*", subject::INVESTIGATIONS),
+            subject::RESPONDER_PROPOSALS.to_string(),
+            format!("$JS.API.STREAM.INFO.{findings}"),
+            format!("$JS.API.CONSUMER.INFO.{findings}.{consumer}"),
+            format!("$JS.API.CONSUMER.CREATE.{findings}.{consumer}"),
+            format!("$JS.API.CONSUMER.CREATE.{findings}.{consumer}.>"),
+            format!("$JS.API.CONSUMER.DURABLE.CREATE.{findings}.{consumer}"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{findings}.{consumer}"),
+            format!("$JS.ACK.{findings}.{consumer}.>"),
+            format!("$JS.ACK.*.*.{findings}.{consumer}.>"),
+            format!("$JS.API.STREAM.INFO.{investigations}"),
+            format!("$JS.API.STREAM.CREATE.{investigations}"),
+        ],
+        publish_deny: Vec::new(),
+        subscribe_allow: vec![
+            subject::AUDIT_WILDCARD.to_string(),
+            format!("{}.>", crate::Role::Investigator.inbox_prefix()),
+        ],
+        allow_responses: false,
     }
 }
 
@@ -114,20 +151,25 @@ pub fn operator() -> Permissions {
         ]);
     }
     let stream = subject::FINDINGS_STREAM;
-    let consumer = RESPONDER_CONSUMER;
+    // The responder's and the investigator's consumers stay theirs: their info may be read
+    // (lag), but they cannot be created, deleted, pulled from or acked by anyone else.
+    let publish_deny = [RESPONDER_CONSUMER, INVESTIGATOR_CONSUMER]
+        .iter()
+        .flat_map(|consumer| {
+            [
+                format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"),
+                format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>"),
+                format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}"),
+                format!("$JS.API.CONSUMER.DELETE.{stream}.{consumer}"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+                format!("$JS.ACK.{stream}.{consumer}.>"),
+                format!("$JS.ACK.*.*.{stream}.{consumer}.>"),
+            ]
+        })
+        .collect();
     Permissions {
         publish_allow,
-        // The responder's consumer stays the responder's: its info may be read (lag), but
-        // it cannot be created, deleted, pulled from or acked by anyone else.
-        publish_deny: vec![
-            format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"),
-            format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>"),
-            format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}"),
-            format!("$JS.API.CONSUMER.DELETE.{stream}.{consumer}"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
-            format!("$JS.ACK.{stream}.{consumer}.>"),
-            format!("$JS.ACK.*.*.{stream}.{consumer}.>"),
-        ],
+        publish_deny,
         subscribe_allow: vec![
             "osprey.findings.>".to_string(),
             "osprey.events.>".to_string(),
@@ -211,6 +253,36 @@ mod tests {
         assert!(p.subscribe_allow.iter().all(|s| s.contains("web_2e1")));
         assert!(p.allow_responses);
         assert_ne!(host("web.1"), host("web_1"));
+    }
+
+    #[test]
+    fn the_investigator_can_read_and_propose_but_never_act() {
+        let p = investigator();
+        let allowed = |s: &str| p.publish_allow.iter().any(|a| a == s);
+        assert!(allowed(subject::RESPONDER_PROPOSALS) && allowed("osprey.query.*"));
+        for forbidden in [
+            "osprey.cmd.*",
+            subject::APPROVALS,
+            subject::RESPONDER_CONTROL,
+            subject::AUDIT_RESPONDER,
+            "osprey.findings.*.high",
+        ] {
+            assert!(!allowed(forbidden), "{forbidden}");
+        }
+        assert!(p
+            .publish_allow
+            .iter()
+            .all(|s| !s.contains(RESPONDER_CONSUMER) && !s.starts_with("osprey.cmd")));
+        assert!(!p.allow_responses);
+        // Nobody else may pull from or ack the investigator's consumer.
+        assert!(operator().publish_deny.iter().any(|s| s.ends_with(&format!(
+            "MSG.NEXT.{}.{INVESTIGATOR_CONSUMER}",
+            subject::FINDINGS_STREAM
+        ))));
+        assert!(responder()
+            .subscribe_allow
+            .iter()
+            .any(|s| s == subject::RESPONDER_PROPOSALS));
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub fn line(r: &AuditRecord, colour: bool) -> String {
     if let Some(id) = &r.pending_id {
         text.push_str(&format!(" [pending {id}]"));
     }
+    if let Some(id) = &r.investigation_id {
+        text.push_str(&format!(" [investigation {id}]"));
+    }
     if !colour {
         return text;
     }
@@ -161,7 +164,9 @@ pub fn line(r: &AuditRecord, colour: bool) -> String {
         Decision::Executed | Decision::Approved => "\x1b[32m",
         Decision::Refused | Decision::Denied | Decision::Failed => "\x1b[31m",
         Decision::AwaitingApproval | Decision::RateLimited | Decision::Unknown => "\x1b[33m",
-        Decision::DryRun | Decision::RolledBack | Decision::Expired => "\x1b[2m",
+        Decision::DryRun | Decision::RolledBack | Decision::Expired | Decision::Proposed => {
+            "\x1b[2m"
+        }
     };
     format!("{sgr}{text}{}", render::RESET)
 }
@@ -373,5 +378,7 @@ mod tests {
             "{text}"
         );
         assert!(line(&r, true).starts_with("\x1b[31m"));
+        r.investigation_id = Some("inv7".into());
+        assert!(line(&r, false).ends_with("[pending p9] [investigation inv7]"));
     }
 }

@@ -28,6 +28,8 @@ pub enum Who {
     },
     /// The responder's key.
     Responder,
+    /// The AI investigator's key (osprey-investigator): read-only queries, proposals.
+    Investigator,
     /// An operator's key (osprey tail/top/ps, approvals, the console).
     Operator { name: String },
     /// Rewrite users.conf and roles.conf from the public keys in keys/ (after an upgrade,
@@ -40,6 +42,7 @@ pub fn run(args: CredsArgs) -> anyhow::Result<()> {
     let who = match args.who {
         Who::Host { name } => Principal::Host(name),
         Who::Responder => Principal::Responder,
+        Who::Investigator => Principal::Investigator,
         Who::Operator { name } => Principal::Operator(name),
         Who::Sync => {
             let users = dir.write_config()?;
@@ -51,6 +54,7 @@ pub fn run(args: CredsArgs) -> anyhow::Result<()> {
     let config_key = match who {
         Principal::Host(_) => "collector.yaml",
         Principal::Responder => "responder.yaml",
+        Principal::Investigator => "investigator.yaml",
         Principal::Operator(_) => "--creds (or OSPREY_NATS_CREDS)",
     };
     println!(

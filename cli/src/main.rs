@@ -5,6 +5,7 @@ mod baseline;
 mod commands;
 mod creds;
 mod history;
+mod investigations;
 mod operator;
 mod ps;
 mod render;
@@ -59,6 +60,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Actions awaiting an operator's approval; `approve ID`, `deny ID`.
     Approvals(audit::ApprovalsArgs),
+    /// AI investigations of findings (osprey-investigator); `show ID` for one in full.
+    Investigations(investigations::InvestigationsArgs),
     /// Approve an action awaiting approval (signed with an operator key).
     Approve(audit::ApprovalArgs),
     /// Deny an action awaiting approval.
@@ -108,6 +111,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Unblock(args) => commands::unblock(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Approvals(args) => audit::approvals(args).await,
+        Command::Investigations(args) => investigations::run(args).await,
         Command::Approve(args) => audit::approval(args, protocol::Verdict::Approve).await,
         Command::Deny(args) => audit::approval(args, protocol::Verdict::Deny).await,
         Command::Rules(command) => Ok(rules::run(command)),

@@ -25,6 +25,8 @@ pub enum Decision {
     Unknown,
     /// An action awaiting approval got none in time.
     Expired,
+    /// An AI investigator proposed it; with `ai.autonomy: propose` that is all that happens.
+    Proposed,
 }
 
 impl Decision {
@@ -41,6 +43,7 @@ impl Decision {
             Decision::Failed => "failed",
             Decision::Unknown => "unknown",
             Decision::Expired => "expired",
+            Decision::Proposed => "proposed",
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod event;
 pub mod finding;
 pub mod heartbeat;
+pub mod investigation;
 pub mod net;
 pub mod ocsf;
 pub mod process;
@@ -34,6 +35,9 @@ pub use event::{
 };
 pub use finding::{ActionKind, Detector, Finding, FindingId, Trigger};
 pub use heartbeat::{Heartbeat, RingUse};
+pub use investigation::{
+    Assessment, Investigation, InvestigationOutcome, Proposal, ProposalReply, ProposedAction, Step,
+};
 pub use process::{
     Ancestor, ArgvSource, ArgvTruncation, BootId, ExecId, ExecIdParseError, Process,
 };

@@ -1,4 +1,5 @@
-//! ed25519 signing of commands, approvals and responder control messages.
+//! ed25519 signing of commands, approvals, responder control messages and investigators'
+//! proposals.
 //!
 //! The signed bytes are the MessagePack encoding ([`crate::encode`]) of the value with its
 //! `signature` field absent, so signer and verifier agree byte for byte. Keys travel as
@@ -8,7 +9,7 @@
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 
-use crate::{Approval, Command, ResponderControl};
+use crate::{Approval, Command, Proposal, ResponderControl};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignError {
@@ -52,7 +53,7 @@ macro_rules! signed {
     )*};
 }
 
-signed!(Command, Approval, ResponderControl);
+signed!(Command, Approval, ResponderControl, Proposal);
 
 /// A secret key and its public half.
 pub struct KeyPair {

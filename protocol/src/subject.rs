@@ -17,6 +17,8 @@ pub const AUDIT_RESPONDER: &str = "osprey.audit._responder";
 /// Every audit record, hosts' and the responder's.
 pub const AUDIT_WILDCARD: &str = "osprey.audit.*";
 pub const HEARTBEAT_WILDCARD: &str = "osprey.heartbeat.*";
+/// Signed [`crate::Proposal`]s (request/reply) from an AI investigator to the responder.
+pub const RESPONDER_PROPOSALS: &str = "osprey.responder.proposals";
 /// AI triage records, stored by the stream [`INVESTIGATIONS_STREAM`].
 pub const INVESTIGATIONS: &str = "osprey.investigations";
 pub const INVESTIGATIONS_STREAM: &str = "OSPREY_INVESTIGATIONS";
@@ -111,6 +113,11 @@ pub fn host_events(host: &str) -> String {
 /// Every finding of one host.
 pub fn host_findings(host: &str) -> String {
     format!("osprey.findings.{}.>", host_token(host))
+}
+
+/// Where the investigator publishes the records of its investigations of a host's findings.
+pub fn investigations(host: &str) -> String {
+    format!("{INVESTIGATIONS}.{}", host_token(host))
 }
 
 /// Read-only requests for a host's live state (answered by its collector; operators only).

@@ -44,6 +44,46 @@ pub struct ResponderConfig {
     pub protected_networks: Vec<String>,
     /// Serve Prometheus `/metrics` on this address (off when absent).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// AI investigators' proposals (docs/investigator.md): whose are heard, and how far the
+    /// responder goes with them. Set here, on the responder, so a compromised investigator
+    /// cannot raise its own autonomy.
+    pub ai: AiSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AiSection {
+    /// Investigators' public keys (base64, `osprey keys generate`); proposals signed by any
+    /// other key are refused. Empty: every proposal is refused.
+    pub investigator_keys: Vec<String>,
+    pub autonomy: Autonomy,
+    /// Proposals awaiting approval at most (within `max_pending_approvals`): a misbehaving
+    /// investigator cannot crowd out the policy's own approvals.
+    pub max_pending_approvals: usize,
+}
+
+impl Default for AiSection {
+    fn default() -> Self {
+        AiSection {
+            investigator_keys: Vec::new(),
+            autonomy: Autonomy::default(),
+            max_pending_approvals: 20,
+        }
+    }
+}
+
+/// What the responder does with a verified proposal (every safety control applies first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Autonomy {
+    /// Audited as a proposal; nothing else.
+    #[default]
+    Propose,
+    /// Held for an operator's approval, exactly like a policy action in `approval_required`.
+    Approval,
+    /// Taken only if the response policy would have taken that action on that finding
+    /// anyway (through the policy's own path: its approvals, dry run and rate limits).
+    WithinPolicy,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -114,6 +154,7 @@ impl Default for ResponderConfig {
             protected_executables: Vec::new(),
             protected_networks: Vec::new(),
             metrics_address: None,
+            ai: AiSection::default(),
         }
     }
 }
@@ -135,6 +176,11 @@ impl ResponderConfig {
         for (i, key) in config.operator_keys.iter().enumerate() {
             protocol::signing::PublicKey::from_base64(key)
                 .map_err(|e| anyhow::anyhow!("{}: operator_keys[{i}]: {e}", path.display()))?;
+        }
+        for (i, key) in config.ai.investigator_keys.iter().enumerate() {
+            protocol::signing::PublicKey::from_base64(key).map_err(|e| {
+                anyhow::anyhow!("{}: ai.investigator_keys[{i}]: {e}", path.display())
+            })?;
         }
         if config.max_pending_approvals == 0 {
             anyhow::bail!(

@@ -7,7 +7,6 @@ pub mod audit;
 pub mod config;
 pub mod control;
 pub mod failpoint;
-pub mod intake;
 pub mod journal;
 pub mod metrics;
 pub mod notify;

@@ -4,13 +4,12 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use async_nats::jetstream;
-use bus::{FindingsStream, IfMissing};
+use bus::{FindingsStream, IfMissing, Intake};
 use clap::Parser;
 use futures::StreamExt;
 use protocol::{signing::KeyPair, subject, AuditRecord, Finding, Heartbeat};
 use responder::{
-    config::ResponderConfig, control::Control, intake::Intake, policy::ResponsePolicy,
-    responder::Responder,
+    config::ResponderConfig, control::Control, policy::ResponsePolicy, responder::Responder,
 };
 
 /// Osprey's response service: findings → response policy → safety controls → signed
@@ -96,6 +95,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .subscribe(subject::AUDIT_WILDCARD)
         .await
         .context("cannot subscribe to audit records")?;
+    let mut proposals = client
+        .subscribe(subject::RESPONDER_PROPOSALS)
+        .await
+        .context("cannot subscribe to proposals")?;
     let mut control_requests = client
         .subscribe(subject::RESPONDER_CONTROL)
         .await
@@ -136,6 +139,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 if let Some(reply) = msg.reply {
                     if let Err(e) = client.publish(reply, outcome.into()).await {
                         tracing::warn!("cannot answer an approval: {e}");
+                    }
+                }
+            }
+            Some(msg) = proposals.next() => {
+                let reply = responder.handle_proposal(&msg.payload).await;
+                if let Some(to) = msg.reply {
+                    match protocol::encode(&reply) {
+                        Ok(bytes) => {
+                            if let Err(e) = client.publish(to, bytes.into()).await {
+                                tracing::warn!("cannot answer a proposal: {e}");
+                            }
+                        }
+                        Err(e) => tracing::error!("cannot encode a proposal reply: {e}"),
                     }
                 }
             }

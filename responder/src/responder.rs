@@ -7,7 +7,7 @@
 //! guarantee who may publish there — never a name inside the payload.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -15,17 +15,17 @@ use ipnet::IpNet;
 use protocol::{
     signing::{self, KeyPair, PublicKey},
     subject, Action, ActionKind, Approval, AuditRecord, Command, CommandResult, CommandStatus,
-    Decision, Finding, Timestamp, Verdict,
+    Decision, ExecId, Finding, FindingId, Process, Proposal, ProposalReply, Timestamp, Verdict,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     audit::AuditLog,
-    config::ResponderConfig,
+    config::{Autonomy, ResponderConfig},
     failpoint,
     journal::{self, Effect, Journal, Pending},
     notify,
-    policy::ResponsePolicy,
+    policy::{Plan, ResponsePolicy},
 };
 
 /// Executables never targeted, whatever the policy says (the actuator checks again by
@@ -49,6 +49,13 @@ const BUILTIN_PROTECTED: &[&str] = &[
 const AWAITING_CAPACITY: usize = 10_000;
 const AWAITING_FOR: Duration = Duration::from_secs(3600);
 
+/// Findings kept for investigators' proposals, which name a finding by id: a proposal is
+/// only ever about a finding this responder received on its host's subject.
+const FINDINGS_KEPT: usize = 10_000;
+/// Signed messages (approvals, proposals) older or newer than this are refused as stale.
+const FRESH_NANOS: i64 = 300 * 1_000_000_000;
+/// Longest proposal reason copied into an audit record (the model's words).
+const MAX_REASON: usize = 300;
 /// One action the policy chose for one finding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Planned {
@@ -58,6 +65,9 @@ pub struct Planned {
     pub action: Option<Action>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The AI investigation that proposed it (named by every audit record of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub investigation_id: Option<String>,
 }
 
 /// A command that timed out, waiting for the host's own audit record of it.
@@ -78,6 +88,7 @@ pub struct Responder {
     config: ResponderConfig,
     key: KeyPair,
     operators: Vec<PublicKey>,
+    investigators: Vec<PublicKey>,
     policy: ResponsePolicy,
     client: async_nats::Client,
     audit: AuditLog,
@@ -90,6 +101,11 @@ pub struct Responder {
     heartbeats: HashMap<String, (Instant, bool)>,
     /// Command id → the command that timed out.
     awaiting: HashMap<String, Awaiting>,
+    /// (subject host token, finding id) → the finding, the last [`FINDINGS_KEPT`], oldest first.
+    findings: HashMap<(String, FindingId), Finding>,
+    findings_order: VecDeque<(String, FindingId)>,
+    /// What was proposed about each kept finding (action, target): each at most once.
+    proposed: HashSet<(String, FindingId, ActionKind, Option<ExecId>)>,
 }
 
 pub fn action_name(kind: ActionKind) -> &'static str {
@@ -111,6 +127,13 @@ impl Responder {
             .map(|k| PublicKey::from_base64(k))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("operator_keys: {e}"))?;
+        let investigators = config
+            .ai
+            .investigator_keys
+            .iter()
+            .map(|k| PublicKey::from_base64(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("ai.investigator_keys: {e}"))?;
         let mut protected_networks: Vec<IpNet> = config
             .protected_networks
             .iter()
@@ -135,6 +158,7 @@ impl Responder {
             config,
             key,
             operators,
+            investigators,
             policy,
             client,
             audit,
@@ -144,6 +168,9 @@ impl Responder {
             protected_networks,
             heartbeats: HashMap::new(),
             awaiting: HashMap::new(),
+            findings: HashMap::new(),
+            findings_order: VecDeque::new(),
+            proposed: HashSet::new(),
         })
     }
 
@@ -185,6 +212,7 @@ impl Responder {
         record.command_id = command_id;
         record.pid = Some(p.finding.process.pid);
         record.exe = Some(p.finding.process.exe.clone());
+        record.investigation_id.clone_from(&p.investigation_id);
         record
     }
 
@@ -225,6 +253,7 @@ impl Responder {
             .await;
             return;
         }
+        self.remember(subject_host, &finding);
         let key = format!("{subject_host}/{}", finding.id);
         if self.journal.is_decided(&key) {
             tracing::debug!(id = %finding.id, "finding already handled; no second action");
@@ -237,19 +266,20 @@ impl Responder {
         if let Some(plan) = plan {
             for kind in plan.actions.clone() {
                 let planned = planned(kind, &finding, plan.ttl_secs, plan.block_port);
-                self.decide(&plan, planned, &mut decision);
+                self.decide(&plan, planned, &mut decision, false);
             }
         }
         self.commit_and_run(decision).await;
     }
 
-    /// Decides one planned action: refused, dry run, rate limited, held for approval, or
-    /// done (logged, notified, sent).
+    /// Decides one planned action: refused, dry run, rate limited, held for approval (when
+    /// the policy asks for it, or `force_approval`), or done (logged, notified, sent).
     fn decide(
         &mut self,
-        plan: &crate::policy::Plan,
+        plan: &Plan,
         planned: Planned,
         decision: &mut journal::Decision,
+        force_approval: bool,
     ) {
         if let Err(why) = self.safety(&planned) {
             let r = self.record(&planned, Decision::Refused, why, "refused", None);
@@ -272,7 +302,7 @@ impl Responder {
             decision.effects.push(Self::audit_effect(r));
             return;
         }
-        if self.policy.needs_approval(planned.kind) {
+        if force_approval || self.policy.needs_approval(planned.kind) {
             let held = self.journal.pending().len() + decision.pending.len();
             if held >= self.config.max_pending_approvals {
                 let r = self.record(
@@ -422,7 +452,8 @@ impl Responder {
             }
         }
         if let Some(Action::Block { cidr, .. }) = &p.action {
-            // An address or a network, IPv4-mapped IPv6 taken as the IPv4 it is.
+            // A block built from a finding names one address (`Action::for_finding`), an
+            // operator's a CIDR: both are checked as networks (IPv4-mapped IPv6 as IPv4).
             let net = protocol::net::parse_net(cidr)
                 .ok_or_else(|| format!("{cidr:?} is neither an address nor a network"))?;
             if let Some(n) = self
@@ -641,14 +672,9 @@ impl Responder {
             tracing::warn!(pending = %approval.pending_id, "ignoring an approval: {e}");
             return format!("refused: {e} (is the key in the responder's operator_keys?)");
         }
-        let age = Timestamp::now().unix_nanos() - approval.issued_at.unix_nanos();
-        if age.abs() > 300 * 1_000_000_000 || self.approval_nonces.contains(&approval.nonce) {
+        if !self.fresh(approval.issued_at, &approval.nonce) {
             tracing::warn!(pending = %approval.pending_id, "ignoring a stale or replayed approval");
             return "refused: a stale or replayed approval".to_string();
-        }
-        self.approval_nonces.push_back(approval.nonce.clone());
-        if self.approval_nonces.len() > 10_000 {
-            self.approval_nonces.pop_front();
         }
         let Some(pending) = self.journal.pending().get(&approval.pending_id).cloned() else {
             tracing::warn!(pending = %approval.pending_id, "no such pending action (handled, expired or unknown)");
@@ -719,6 +745,217 @@ impl Responder {
         }
         self.commit_and_run(decision).await;
         outcome
+    }
+
+    /// Whether a signed message issued at `issued_at` with `nonce` is fresh and new; its
+    /// nonce is then remembered (approvals and proposals share the set: nonces are random).
+    fn fresh(&mut self, issued_at: Timestamp, nonce: &str) -> bool {
+        let age = Timestamp::now().unix_nanos() - issued_at.unix_nanos();
+        if age.abs() > FRESH_NANOS || self.approval_nonces.iter().any(|n| n == nonce) {
+            return false;
+        }
+        self.approval_nonces.push_back(nonce.to_string());
+        if self.approval_nonces.len() > 10_000 {
+            self.approval_nonces.pop_front();
+        }
+        true
+    }
+
+    /// As many proposals await approval as `ai.max_pending_approvals` allows.
+    fn ai_pending_full(&self) -> bool {
+        let held = self
+            .journal
+            .pending()
+            .values()
+            .filter(|p| p.planned.investigation_id.is_some())
+            .count();
+        held >= self.config.ai.max_pending_approvals
+    }
+
+    /// Keeps a finding that arrived on its own host's subject, for proposals about it.
+    fn remember(&mut self, subject_host: &str, finding: &Finding) {
+        let key = (subject_host.to_string(), finding.id.clone());
+        if self.findings.insert(key.clone(), finding.clone()).is_none() {
+            self.findings_order.push_back(key);
+        }
+        while self.findings_order.len() > FINDINGS_KEPT {
+            if let Some(old) = self.findings_order.pop_front() {
+                self.findings.remove(&old);
+                self.proposed
+                    .retain(|(h, f, _, _)| (h, f) != (&old.0, &old.1));
+            }
+        }
+    }
+
+    /// An AI investigator's proposal (`osprey.responder.proposals`): verified (a trusted
+    /// investigator key, fresh, never seen), then, by `ai.autonomy`, audited as a proposal,
+    /// held for approval, or decided as the policy would — through the same safety controls
+    /// and code path as the policy's own actions, every audit record naming the
+    /// investigation. Returns the answer for the investigator.
+    pub async fn handle_proposal(&mut self, payload: &[u8]) -> ProposalReply {
+        let answer = |id: &str, reason: String| ProposalReply {
+            proposal_id: id.to_string(),
+            decision: None,
+            reason,
+            pending_id: None,
+            retry: false,
+        };
+        let proposal: Proposal = match protocol::decode(payload) {
+            Ok(p) => p,
+            Err(e) => return answer("", format!("refused: not a proposal: {e}")),
+        };
+        if let Err(e) = signing::verify(&proposal, &self.investigators) {
+            tracing::warn!(proposal = %proposal.id, "ignoring a proposal: {e}");
+            return answer(
+                &proposal.id,
+                format!("refused: {e} (is the key in the responder's ai.investigator_keys?)"),
+            );
+        }
+        if !self.fresh(proposal.issued_at, &proposal.nonce) {
+            tracing::warn!(proposal = %proposal.id, "ignoring a stale or replayed proposal");
+            return answer(&proposal.id, "refused: a stale or replayed proposal".into());
+        }
+        let key = (
+            subject::host_token(&proposal.host),
+            proposal.finding_id.clone(),
+        );
+        let Some(finding) = self.findings.get(&key).cloned() else {
+            return ProposalReply {
+                retry: true,
+                ..answer(
+                    &proposal.id,
+                    format!(
+                        "the responder has not received finding {} of host {} (yet)",
+                        proposal.finding_id, proposal.host
+                    ),
+                )
+            };
+        };
+        // Not audited: a misbehaving investigator must not be able to flood the trail.
+        if !self
+            .proposed
+            .insert((key.0, key.1, proposal.action, proposal.target))
+        {
+            return answer(
+                &proposal.id,
+                "refused: this action on this target was already proposed for this finding".into(),
+            );
+        }
+        let reason: String = proposal.reason.chars().take(MAX_REASON).collect();
+        let by = format!("AI investigation {}", proposal.investigation_id);
+        let mut decision = journal::Decision::default();
+        match proposal_target(&finding, &proposal) {
+            Err(why) => {
+                let mut p = planned(proposal.action, &finding, None, false);
+                p.target = proposal.target.map(|t| t.to_string());
+                p.investigation_id = Some(proposal.investigation_id.clone());
+                let mut r = self.record(
+                    &p,
+                    Decision::Refused,
+                    format!("{by}: {why}"),
+                    "refused",
+                    None,
+                );
+                // The record is about the process the proposal named, not the finding's.
+                r.pid = proposal.target.map(|t| t.pid);
+                r.exe = None;
+                decision.effects.push(Self::audit_effect(r));
+            }
+            Ok(mut p) => {
+                p.investigation_id = Some(proposal.investigation_id.clone());
+                self.decide_proposal(&finding, &proposal, p, &by, &reason, &mut decision);
+            }
+        }
+        let reply = proposal_reply(&proposal.id, &decision);
+        self.commit_and_run(decision).await;
+        reply
+    }
+
+    fn decide_proposal(
+        &mut self,
+        finding: &Finding,
+        proposal: &Proposal,
+        p: Planned,
+        by: &str,
+        reason: &str,
+        decision: &mut journal::Decision,
+    ) {
+        let refuse = |this: &Self, p: &Planned, why: String, decision: &mut journal::Decision| {
+            let r = this.record(
+                p,
+                Decision::Refused,
+                format!("{by}: {why}"),
+                "refused",
+                None,
+            );
+            decision.effects.push(Self::audit_effect(r));
+        };
+        // The safety controls first, whatever the autonomy: pid 1, protected executables
+        // and protected networks are refused as such (the policy path checks them again).
+        if let Err(why) = self.safety(&p) {
+            refuse(self, &p, why, decision);
+            return;
+        }
+        match self.config.ai.autonomy {
+            Autonomy::Propose => {
+                let r = self.record(
+                    &p,
+                    Decision::Proposed,
+                    format!("{by} proposes it ({reason}); ai.autonomy is propose: not acted on"),
+                    "not sent",
+                    None,
+                );
+                decision.effects.push(Self::audit_effect(r));
+            }
+            Autonomy::Approval if self.ai_pending_full() => refuse(
+                self,
+                &p,
+                format!(
+                    "{} proposals already await approval (ai.max_pending_approvals): not held",
+                    self.config.ai.max_pending_approvals
+                ),
+                decision,
+            ),
+            Autonomy::Approval => {
+                let plan = Plan {
+                    rule: by.to_string(),
+                    actions: vec![p.kind],
+                    ttl_secs: None,
+                    dry_run: false,
+                    block_port: false,
+                };
+                self.decide(&plan, p, decision, true);
+            }
+            Autonomy::WithinPolicy => {
+                let own = proposal.target.is_none_or(|t| t == finding.process.exec_id);
+                match self.policy.plan(finding) {
+                    Some(plan) if own && plan.actions.contains(&p.kind) => {
+                        // Exactly what the policy would do: its ttl, its port choice, its path.
+                        let mut same = planned(p.kind, finding, plan.ttl_secs, plan.block_port);
+                        same.investigation_id = p.investigation_id.clone();
+                        self.decide(&plan, same, decision, false);
+                    }
+                    Some(plan) => refuse(
+                        self,
+                        &p,
+                        format!(
+                            "ai.autonomy is within_policy and policy rule {} does not take {} on {}",
+                            plan.rule,
+                            action_name(p.kind),
+                            if own { "this finding" } else { "another process than the finding's" }
+                        ),
+                        decision,
+                    ),
+                    None => refuse(
+                        self,
+                        &p,
+                        "ai.autonomy is within_policy and no policy rule matches this finding"
+                            .to_string(),
+                        decision,
+                    ),
+                }
+            }
+        }
     }
 
     /// Expires pending actions whose approval did not come in time (also those whose time
@@ -828,7 +1065,70 @@ fn planned(kind: ActionKind, f: &Finding, ttl_secs: Option<u64>, block_port: boo
         kind,
         action,
         target,
+        investigation_id: None,
     }
+}
+
+/// The action a proposal asks for: on the finding's process, or on one of its ancestors as
+/// the finding recorded them (the finding is then about that ancestor for every safety
+/// check). Anything else is refused: a proposal cannot name an arbitrary process.
+fn proposal_target(finding: &Finding, proposal: &Proposal) -> Result<Planned, String> {
+    let target = match proposal.target {
+        None => return Ok(planned(proposal.action, finding, None, false)),
+        Some(t) if t == finding.process.exec_id => {
+            return Ok(planned(proposal.action, finding, None, false))
+        }
+        Some(t) => t,
+    };
+    let ancestor = finding
+        .ancestry
+        .iter()
+        .find(|a| a.exec_id == target)
+        .ok_or_else(|| {
+            format!("{target} is neither the finding's process nor one of its ancestors")
+        })?;
+    let mut about = finding.clone();
+    about.process = Process::new(
+        ancestor.exec_id,
+        ancestor.exe.clone(),
+        ancestor.argv.clone(),
+    );
+    about.process.pid = ancestor.pid;
+    about.process.tty.clone_from(&ancestor.tty);
+    about.ancestry.clear();
+    Ok(planned(proposal.action, &about, None, false))
+}
+
+/// What the investigator is told, from the decision about to be committed.
+fn proposal_reply(proposal_id: &str, decision: &journal::Decision) -> ProposalReply {
+    let mut reply = ProposalReply {
+        proposal_id: proposal_id.to_string(),
+        decision: None,
+        reason: String::new(),
+        pending_id: None,
+        retry: false,
+    };
+    if let Some((id, _)) = decision.pending.first() {
+        reply.decision = Some(Decision::AwaitingApproval);
+        reply.reason = format!("awaiting an operator's approval (pending id {id})");
+        reply.pending_id = Some(id.clone());
+        return reply;
+    }
+    match decision.effects.first() {
+        Some(Effect::Audit { record }) => {
+            reply.decision = Some(record.decision);
+            reply.reason = format!("{}: {}", record.decision.as_str(), record.reason);
+        }
+        Some(Effect::Send { planned, .. }) => {
+            reply.reason = format!(
+                "sent to host {} (its outcome is in the audit trail)",
+                planned.finding.host
+            );
+        }
+        Some(Effect::Notify { .. }) => reply.reason = "notification sent".to_string(),
+        None => reply.reason = "nothing to do".to_string(),
+    }
+    reply
 }
 
 /// The command for an action on a finding, and its target as the audit names it.
@@ -866,4 +1166,51 @@ fn nats_addresses(urls: &str) -> Vec<std::net::IpAddr> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Ancestor, BootId};
+
+    fn exec(pid: u32) -> ExecId {
+        ExecId {
+            boot: BootId(7),
+            pid,
+            start_ticks: 100 + u64::from(pid),
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn a_proposal_may_name_the_finding_s_process_or_an_ancestor_and_nothing_else() {
+        let mut finding = crate::silence::finding("h", Duration::from_secs(1));
+        finding.process = Process::new(exec(42), "/usr/bin/python3", vec!["python3".into()]);
+        finding.ancestry = vec![Ancestor {
+            exec_id: exec(1),
+            pid: 1,
+            name: "systemd".into(),
+            exe: "/usr/lib/systemd/systemd".into(),
+            argv: vec!["/sbin/init".into()],
+            tty: None,
+        }];
+        let propose = |target| {
+            Proposal::new(
+                "inv",
+                "h",
+                finding.id.clone(),
+                ActionKind::Kill,
+                target,
+                "r",
+            )
+        };
+        let own = proposal_target(&finding, &propose(None)).unwrap();
+        assert_eq!(own.action.and_then(|a| a.target()), Some(exec(42)));
+        // An ancestor: every safety check then sees that process (pid 1 here).
+        let init = proposal_target(&finding, &propose(Some(exec(1)))).unwrap();
+        assert_eq!(init.finding.process.pid, 1);
+        assert_eq!(init.action.and_then(|a| a.target()), Some(exec(1)));
+        let stranger = proposal_target(&finding, &propose(Some(exec(99)))).unwrap_err();
+        assert!(stranger.contains("neither"), "{stranger}");
+    }
 }

@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod collector;
 pub mod console;
 pub mod deployed;
+pub mod llm;
 pub mod metrics;
 pub mod nats;
 pub mod responder;

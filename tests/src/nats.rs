@@ -343,6 +343,15 @@ impl Deployment {
         self.seed("responder")
     }
 
+    /// Issues the AI investigator's key (before the server starts, like hosts').
+    pub fn add_investigator(&self) {
+        self.creds(&["investigator"]);
+    }
+
+    pub fn investigator_creds(&self) -> PathBuf {
+        self.seed("investigator")
+    }
+
     pub fn operator_creds(&self) -> PathBuf {
         self.seed(&format!(
             "operator-{}",

@@ -1,4 +1,4 @@
-//! The responder under test, stopped when dropped.
+//! The responder (or another service: the investigator) under test, stopped when dropped.
 
 use std::{
     path::Path,
@@ -17,7 +17,17 @@ impl Responder {
 
     /// [`Responder::start`] with extra environment variables (e.g. a failpoint).
     pub fn start_with_env(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Responder {
-        let child = Command::new(crate::bin_dir().join("osprey-responder"))
+        Self::start_program("osprey-responder", config, extra, env)
+    }
+
+    /// Another service taking `--config` the same way (`osprey-investigator`).
+    pub fn start_program(
+        program: &str,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Responder {
+        let child = Command::new(crate::bin_dir().join(program))
             .arg("--config")
             .arg(config)
             .args(extra)
@@ -25,7 +35,7 @@ impl Responder {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("osprey-responder is built (cargo build --workspace --bins)");
+            .unwrap_or_else(|e| panic!("{program} is built (cargo build --workspace --bins): {e}"));
         Responder { child }
     }
 

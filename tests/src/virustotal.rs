@@ -236,11 +236,12 @@ impl Drop for VirusTotalStandIn {
     }
 }
 
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// One HTTP/1.1 request as a loopback stand-in reads it (also the LLM stand-in's).
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
 
 fn handle(mut stream: TcpStream, state: &Mutex<State>) {
@@ -284,7 +285,7 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>) {
     });
 }
 
-fn read_request(stream: &mut TcpStream) -> Option<Request> {
+pub(crate) fn read_request(stream: &mut TcpStream) -> Option<Request> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {

@@ -1,7 +1,8 @@
 //! `osprey top`: a live terminal console (ratatui + crossterm) over the bus — hosts from
 //! heartbeats, the selected host's processes at risk (host state queries, refreshed, and
-//! re-asked when its events or findings say the list moved), the findings stream, pending
-//! approvals from the audit trail, a detail view, and a kill switch.
+//! re-asked when its events or findings say the list moved), the findings stream (with the AI
+//! investigator's verdicts, when one runs), pending approvals from the audit trail, a detail
+//! view, and a kill switch.
 //!
 //! Two halves: async tasks on the runtime read NATS and carry out requests (queries,
 //! signed commands, approvals), and a blocking UI loop owns the terminal. They talk over
@@ -25,7 +26,8 @@ use std::{
 
 use futures::StreamExt;
 use protocol::{
-    signing::KeyPair, subject, EventKind, Finding, Heartbeat, ProcessFilter, Query, QueryKind,
+    signing::KeyPair, subject, EventKind, Finding, Heartbeat, Investigation, ProcessFilter, Query,
+    QueryKind,
 };
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers};
 use tokio::sync::mpsc;
@@ -152,6 +154,9 @@ async fn spawn_intake(client: &async_nats::Client, feed: &Feed) -> anyhow::Resul
     let mut heartbeats = client.subscribe(subject::HEARTBEAT_WILDCARD).await?;
     let mut findings = client.subscribe(subject::FINDINGS_WILDCARD).await?;
     let mut trail = audit::subscribe(client).await?;
+    let mut investigations = client
+        .subscribe(format!("{}.>", subject::INVESTIGATIONS))
+        .await?;
     let feed = feed.clone();
     tokio::spawn(async move {
         loop {
@@ -159,6 +164,7 @@ async fn spawn_intake(client: &async_nats::Client, feed: &Feed) -> anyhow::Resul
                 Some(m) = heartbeats.next() => protocol::decode::<Heartbeat>(&m.payload).ok().map(Update::Heartbeat),
                 Some(m) = findings.next() => protocol::decode::<Finding>(&m.payload).ok().map(|f| Update::Finding(Box::new(f))),
                 Some(r) = trail.next() => Some(Update::Audit(Box::new(r))),
+                Some(m) = investigations.next() => protocol::decode::<Investigation>(&m.payload).ok().map(|i| Update::Investigation(Box::new(i))),
                 else => break,
             };
             if let Some(update) = update {

@@ -3,14 +3,14 @@
 //! bus goes out as [`Request`]s (sent by the caller).
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use protocol::{
     Action, AuditRecord, CommandResult, CommandStatus, Event, EventDetail, ExecId, Finding,
-    Heartbeat, ProcessState, Severity, Snapshot, Verdict,
+    FindingId, Heartbeat, Investigation, ProcessState, Severity, Snapshot, Verdict,
 };
 
 use crate::audit::Approvals;
@@ -28,6 +28,8 @@ pub enum Update {
     Heartbeat(Heartbeat),
     Finding(Box<Finding>),
     Audit(Box<AuditRecord>),
+    /// An AI investigation's record (osprey-investigator).
+    Investigation(Box<Investigation>),
     /// An event of the selected host (exec, exit, connect).
     Event(Box<Event>),
     /// The answer to the process list query of `host`.
@@ -235,6 +237,9 @@ pub struct App {
     /// The list is out of date (an event or a finding about the host came in).
     pub stale: bool,
     pub findings: VecDeque<Finding>,
+    /// AI verdicts by finding (`malicious (90%)`), the last [`KEEP_FINDINGS`], oldest first.
+    pub verdicts: HashMap<FindingId, String>,
+    verdicts_order: VecDeque<FindingId>,
     pub audit: VecDeque<AuditRecord>,
     pub approvals: Approvals,
     pub detail: Option<Result<ProcessState, String>>,
@@ -276,6 +281,8 @@ impl App {
             processes_at: None,
             stale: false,
             findings: VecDeque::new(),
+            verdicts: HashMap::new(),
+            verdicts_order: VecDeque::new(),
             audit: VecDeque::new(),
             approvals: Approvals::default(),
             detail: None,
@@ -366,6 +373,21 @@ impl App {
                     self.findings.pop_front();
                 }
                 self.findings.push_back(*f);
+            }
+            Update::Investigation(record) => {
+                let verdict = crate::investigations::verdict(&record);
+                if self
+                    .verdicts
+                    .insert(record.finding_id.clone(), verdict)
+                    .is_none()
+                {
+                    self.verdicts_order.push_back(record.finding_id);
+                }
+                while self.verdicts_order.len() > KEEP_FINDINGS {
+                    if let Some(old) = self.verdicts_order.pop_front() {
+                        self.verdicts.remove(&old);
+                    }
+                }
             }
             Update::Audit(r) => {
                 self.approvals.observe(&r);
@@ -1021,6 +1043,46 @@ mod tests {
         assert_eq!(f.text.as_deref(), Some("curl"));
         assert_eq!(describe(&f), "host:web sev:high pid:7 curl");
         assert!(Filter::parse("  ").is_empty());
+    }
+
+    #[test]
+    fn ai_verdicts_are_kept_by_finding_and_bounded() {
+        let mut app = App::new(None, Ok(()));
+        let now = Instant::now();
+        let record = |id: String, verdict: Option<Assessment>| Investigation {
+            id: "i".into(),
+            finding_id: FindingId(id),
+            host: "h".into(),
+            rule_id: "r".into(),
+            started: Timestamp::now(),
+            finished: Timestamp::now(),
+            model: "m".into(),
+            summary: String::new(),
+            verdict,
+            confidence: verdict.map(|_| 0.9),
+            steps: vec![],
+            proposals: vec![],
+            outcome: match verdict {
+                Some(_) => InvestigationOutcome::Concluded,
+                None => InvestigationOutcome::LlmUnavailable {
+                    reason: "down".into(),
+                },
+            },
+            tokens: 0,
+        };
+        let update = |r| Update::Investigation(Box::new(r));
+        app.apply(
+            update(record("f1".into(), Some(Assessment::Malicious))),
+            now,
+        );
+        app.apply(update(record("f2".into(), None)), now);
+        assert_eq!(app.verdicts[&FindingId("f1".into())], "malicious (90%)");
+        assert_eq!(app.verdicts[&FindingId("f2".into())], "llm_unavailable");
+        for i in 0..KEEP_FINDINGS {
+            app.apply(update(record(format!("x{i}"), None)), now);
+        }
+        assert_eq!(app.verdicts.len(), KEEP_FINDINGS);
+        assert!(!app.verdicts.contains_key(&FindingId("f1".into())));
     }
 
     #[test]

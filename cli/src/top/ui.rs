@@ -184,8 +184,13 @@ fn approvals(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let rows: Vec<Row> = pending
         .iter()
         .map(|r| {
+            // An action an AI investigation proposed is marked: the operator weighs it so.
+            let action = match r.investigation_id {
+                Some(_) => format!("{} (AI)", r.action),
+                None => r.action.clone(),
+            };
             Row::new(vec![
-                r.action.clone(),
+                action,
                 render::clean(r.target.as_deref().unwrap_or("-")).into_owned(),
                 render::clean(&r.host).into_owned(),
             ])
@@ -195,7 +200,7 @@ fn approvals(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let table = Table::new(
         rows,
         [
-            Constraint::Length(8),
+            Constraint::Length(13),
             Constraint::Min(10),
             Constraint::Length(12),
         ],
@@ -308,7 +313,10 @@ fn findings(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 render::clean(&f.host).into_owned(),
                 f.severity.as_str().to_ascii_uppercase(),
                 format!("{}[{}]", render::clean(&f.process.name), f.process.pid),
-                render::clean(&f.title).into_owned(),
+                match app.verdicts.get(&f.id) {
+                    Some(verdict) => format!("[AI: {verdict}] {}", render::clean(&f.title)),
+                    None => render::clean(&f.title).into_owned(),
+                },
             ])
             .style(theme.severity(f.severity))
         })

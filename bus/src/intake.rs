@@ -1,5 +1,5 @@
-//! Where findings come in: the responder's durable pull consumer on `OSPREY_FINDINGS`, read
-//! as a stream of messages that is reopened when it stalls.
+//! Where findings come in for a service (the responder, the investigator): its durable pull
+//! consumer on `OSPREY_FINDINGS`, read as a stream of messages that is reopened when it stalls.
 //!
 //! A pull consumer only delivers what it is asked for; when its server goes away or a JetStream
 //! cluster loses and regains quorum, the outstanding pull request can be lost, and the stream
@@ -22,6 +22,12 @@ const EXPIRES: Duration = Duration::from_secs(30);
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
 
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("cannot open the durable consumer {name}: {reason}")]
+    Consumer { name: String, reason: String },
+}
+
 pub struct Intake {
     consumer: Consumer<pull::Config>,
     messages: Option<pull::Stream>,
@@ -30,7 +36,7 @@ pub struct Intake {
 
 impl Intake {
     /// Opens (creating it when missing) the durable consumer `name` of `stream`.
-    pub async fn open(stream: &Stream, name: &str) -> anyhow::Result<Intake> {
+    pub async fn open(stream: &Stream, name: &str) -> Result<Intake, IntakeError> {
         let consumer = stream
             .get_or_create_consumer(
                 name,
@@ -44,13 +50,19 @@ impl Intake {
                 },
             )
             .await
-            .map_err(|e| anyhow::anyhow!("cannot create the durable consumer {name}: {e}"))?;
+            .map_err(|e| IntakeError::Consumer {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
         let mut intake = Intake {
             consumer,
             messages: None,
             pause: Duration::ZERO,
         };
-        intake.messages = Some(intake.reopen().await?);
+        intake.messages = Some(intake.reopen().await.map_err(|e| IntakeError::Consumer {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?);
         Ok(intake)
     }
 
