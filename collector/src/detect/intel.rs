@@ -31,6 +31,9 @@ pub enum IntelStartError {
     VirusTotal(#[from] intel::StartError),
 }
 
+/// VirusTotal's answers, one per hash looked up, naming the processes that asked.
+pub type Answers = mpsc::Receiver<Answer<ExecId>>;
+
 pub struct IntelDetector {
     feeds: Feeds,
     virustotal: Option<VirusTotal<ExecId>>,
@@ -45,7 +48,7 @@ impl IntelDetector {
         config: &IntelConfig,
         cache_path: &Path,
         safe_paths: &[PathBuf],
-    ) -> Result<(IntelDetector, Option<mpsc::Receiver<Answer<ExecId>>>), IntelStartError> {
+    ) -> Result<(IntelDetector, Option<Answers>), IntelStartError> {
         let feeds =
             Feeds::start(&config.feeds, &config.feeds_dir).map_err(IntelStartError::Feeds)?;
         let (virustotal, answers) = match &config.virustotal {
