@@ -321,28 +321,6 @@ fn boot_id() -> BootId {
         .unwrap_or(BootId(0))
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// What a scan gives samples, VirusTotal answers already in flight, and actions after the
 /// last hash.
 const SCAN_SETTLE: Duration = Duration::from_secs(1);
@@ -545,26 +523,12 @@ fn main() -> ExitCode {
     if args.hold_enforcement.is_some() {
         collector::source::ebpf::hold_forever();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let result = if args.service {
+    service::init_logs();
+    service::exit(if args.service {
         run_as_service(args)
     } else {
         run_in_console(args)
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -577,7 +541,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run_in_console(args: Args) -> anyhow::Result<()> {
-    runtime()?.block_on(run(args, shutdown_signal()))
+    runtime()?.block_on(run(args, service::shutdown_signal()))
 }
 
 #[cfg(windows)]

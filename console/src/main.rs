@@ -76,29 +76,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    service::init_logs();
     let args = Args::parse();
-    let result = match &args.command {
+    service::exit(match &args.command {
         Some(Command::HashPassword) => hash_password(),
         Some(Command::Token { name, role }) => token(name, role),
-        Some(Command::Run) | None => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(serve(args))),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+        Some(Command::Run) | None => service::block_on(serve(args)),
+    })
 }

@@ -58,7 +58,7 @@ pub async fn run(config: ConsoleConfig) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {address}"))?;
             tracing::info!("osprey-console on http://{address}");
             axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(service::shutdown_signal())
                 .await
                 .context("the HTTP server stopped")?;
         }
@@ -77,7 +77,7 @@ pub async fn run(config: ConsoleConfig) -> anyhow::Result<()> {
             let handle = axum_server::Handle::new();
             let stopper = handle.clone();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                service::shutdown_signal().await;
                 stopper.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
             });
             tracing::info!("osprey-console on https://{address}");
@@ -90,19 +90,4 @@ pub async fn run(config: ConsoleConfig) -> anyhow::Result<()> {
     }
     tracing::info!("osprey-console stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

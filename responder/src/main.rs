@@ -117,7 +117,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let shutdown = shutdown_signal();
+    let shutdown = service::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -179,46 +179,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    service::init_logs();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service::exit(service::block_on(run(args)))
 }
