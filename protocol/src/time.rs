@@ -19,6 +19,12 @@ impl Timestamp {
         Self::from_unix_nanos(Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX))
     }
 
+    /// How far apart two times are, in nanoseconds, either way. Never wraps: a signed
+    /// message claiming a time at the end of the range is far from now, not near.
+    pub const fn distance_nanos(self, other: Timestamp) -> u64 {
+        self.nanos.abs_diff(other.nanos)
+    }
+
     pub const fn unix_nanos(self) -> i64 {
         self.nanos
     }
@@ -64,6 +70,21 @@ impl<'de> Deserialize<'de> for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distances_never_wrap() {
+        let (min, max) = (
+            Timestamp::from_unix_nanos(i64::MIN),
+            Timestamp::from_unix_nanos(i64::MAX),
+        );
+        assert_eq!(min.distance_nanos(max), u64::MAX);
+        assert!(
+            Timestamp::now().distance_nanos(min) > 1 << 62,
+            "far, not near"
+        );
+        let t = Timestamp::from_unix_nanos(5);
+        assert_eq!(t.distance_nanos(Timestamp::from_unix_nanos(-3)), 8);
+    }
 
     #[test]
     fn renders_rfc3339_with_nanoseconds_and_round_trips() {

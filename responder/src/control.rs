@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{audit::AuditLog, config::ResponderConfig, metrics, responder::Responder};
 
 /// Control messages older (or newer) than this are refused as stale.
-const FRESH_NANOS: i64 = 300 * 1_000_000_000;
+const FRESH_NANOS: u64 = 300 * 1_000_000_000;
 const NONCES_KEPT: usize = 10_000;
 
 /// The mode an operator chose, as kept in `state_dir/mode.json`.
@@ -170,8 +170,7 @@ impl Control {
 
     fn check(&mut self, control: &ResponderControl) -> Result<(), String> {
         signing::verify(control, &self.operators).map_err(|e| e.to_string())?;
-        let age = Timestamp::now().unix_nanos() - control.issued_at.unix_nanos();
-        if age.abs() > FRESH_NANOS {
+        if Timestamp::now().distance_nanos(control.issued_at) > FRESH_NANOS {
             return Err(format!("stale: issued at {}", control.issued_at));
         }
         if self.nonces.contains(&control.nonce) {

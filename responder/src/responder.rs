@@ -53,7 +53,7 @@ const AWAITING_FOR: Duration = Duration::from_secs(3600);
 /// only ever about a finding this responder received on its host's subject.
 const FINDINGS_KEPT: usize = 10_000;
 /// Signed messages (approvals, proposals) older or newer than this are refused as stale.
-const FRESH_NANOS: i64 = 300 * 1_000_000_000;
+const FRESH_NANOS: u64 = 300 * 1_000_000_000;
 /// Longest proposal reason copied into an audit record (the model's words).
 const MAX_REASON: usize = 300;
 /// One action the policy chose for one finding.
@@ -750,8 +750,9 @@ impl Responder {
     /// Whether a signed message issued at `issued_at` with `nonce` is fresh and new; its
     /// nonce is then remembered (approvals and proposals share the set: nonces are random).
     fn fresh(&mut self, issued_at: Timestamp, nonce: &str) -> bool {
-        let age = Timestamp::now().unix_nanos() - issued_at.unix_nanos();
-        if age.abs() > FRESH_NANOS || self.approval_nonces.iter().any(|n| n == nonce) {
+        if Timestamp::now().distance_nanos(issued_at) > FRESH_NANOS
+            || self.approval_nonces.iter().any(|n| n == nonce)
+        {
             return false;
         }
         self.approval_nonces.push_back(nonce.to_string());

@@ -530,18 +530,27 @@ impl Actuator {
             return Err(Outcome::refused(format!("signature check failed: {e}")));
         }
         let now = Timestamp::now();
-        let window_ns = self.section.command_window_secs as i64 * 1_000_000_000;
-        let age = now.unix_nanos() - command.issued_at.unix_nanos();
-        if age.abs() > window_ns {
+        let window_ns = self
+            .section
+            .command_window_secs
+            .saturating_mul(1_000_000_000);
+        let distance = now.distance_nanos(command.issued_at);
+        if distance > window_ns {
             return Err(Outcome::refused(format!(
-                "stale command: issued {}s from now, outside the {}s window",
-                -age / 1_000_000_000,
+                "stale command: issued at {}, {}s {}, outside the {}s window",
+                command.issued_at,
+                distance / 1_000_000_000,
+                if command.issued_at > now {
+                    "ahead"
+                } else {
+                    "ago"
+                },
                 self.section.command_window_secs
             )));
         }
         self.state
             .nonces
-            .retain(|(_, t)| now.unix_nanos() - t.unix_nanos() <= 2 * window_ns);
+            .retain(|(_, t)| now.distance_nanos(*t) <= 2 * window_ns);
         if self.state.nonces.iter().any(|(n, _)| *n == command.nonce) {
             return Err(Outcome::refused(format!(
                 "replayed command: nonce {} was already used",
@@ -608,8 +617,13 @@ impl Actuator {
         self.state.entries.retain(|e| !e.what.same_as(&what));
         self.state.entries.push(Entry {
             what,
+            // A TTL beyond the clock's range is "until undone", never one that wraps round
+            // into the past.
             expires_at: ttl_secs.map(|s| {
-                Timestamp::from_unix_nanos(Timestamp::now().unix_nanos() + s as i64 * 1_000_000_000)
+                let nanos = i64::try_from(s)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1_000_000_000);
+                Timestamp::from_unix_nanos(Timestamp::now().unix_nanos().saturating_add(nanos))
             }),
             command_id: command.id.clone(),
             finding_id: command.finding_id.clone(),

@@ -152,10 +152,21 @@ CREATE TABLE retention_log (
     ))
 }
 
+/// Step 2: the open connections of a flow, in start order, for the close that ends the
+/// oldest. Through `connections_flow` a close scanned every earlier connection of the flow
+/// (a process connecting 5,000 times to one port made it quadratic: 310 µs of the
+/// collector's CPU per connect); closed rows leave this index.
+fn v2(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE INDEX connections_open ON connections (exec_id, destination, port, protocol, start_ns)
+         WHERE end_ns IS NULL;",
+    )
+}
+
 type Step = fn(&Transaction) -> rusqlite::Result<()>;
 
 /// Every step, in order.
-const MIGRATIONS: &[Step] = &[v1];
+const MIGRATIONS: &[Step] = &[v1, v2];
 
 /// The schema version this build writes.
 pub const VERSION: u32 = MIGRATIONS.len() as u32;

@@ -68,7 +68,8 @@ fn outcome_of_return(ret: i64, is_tcp: bool) -> Option<(Outcome, Option<i32>)> {
     Some(if ret >= 0 {
         (Outcome::Ok, None)
     } else {
-        let errno = (-ret) as i32;
+        // A kernel errno is small; anything else is kept recognisably out of range.
+        let errno = i32::try_from(ret.unsigned_abs()).unwrap_or(i32::MAX);
         (outcome_of_errno(errno), Some(errno))
     })
 }
