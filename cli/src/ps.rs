@@ -80,26 +80,31 @@ pub async fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     let snapshot = client::query(&client, &host, &query, client::QUERY_TIMEOUT).await?;
-    let mut out = std::io::stdout().lock();
+    print(&snapshot, Columns::Activity, args.json)?;
     if args.json {
-        writeln!(out, "{}", serde_json::to_string(&snapshot)?)?;
         return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{}", footer(&snapshot, &host));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The snapshot on stdout: as JSON, or as a table cut to the terminal's width and coloured
+/// by risk on a terminal.
+pub fn print(snapshot: &Snapshot, columns: Columns, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(snapshot)?)?;
+        return Ok(());
     }
     let terminal = std::io::stdout().is_terminal();
     let width = terminal
         .then(|| ratatui::crossterm::terminal::size().ok())
         .flatten()
         .map(|(w, _)| w as usize);
-    for line in table(
-        &snapshot,
-        Columns::Activity,
-        width,
-        render::colour_wanted(terminal),
-    ) {
+    for line in table(snapshot, columns, width, render::colour_wanted(terminal)) {
         writeln!(out, "{line}")?;
     }
-    eprintln!("{}", footer(&snapshot, &host));
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// What a table shows besides risk, pid, user and command.

@@ -4,7 +4,6 @@
 //! hashing, intel and actuator as when it runs continuously); this prints its answer.
 
 use std::{
-    io::{IsTerminal, Write},
     path::PathBuf,
     process::{Command, ExitCode, Stdio},
 };
@@ -12,10 +11,7 @@ use std::{
 use anyhow::Context;
 use protocol::Snapshot;
 
-use crate::{
-    ps::{self, Columns},
-    render,
-};
+use crate::ps::{self, Columns};
 
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
@@ -81,23 +77,9 @@ pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
     }
     let snapshot: Snapshot = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("{} --scan printed no snapshot", binary.display()))?;
-    let mut out = std::io::stdout().lock();
+    ps::print(&snapshot, Columns::Intel, args.json)?;
     if args.json {
-        writeln!(out, "{}", serde_json::to_string(&snapshot)?)?;
         return Ok(ExitCode::SUCCESS);
-    }
-    let terminal = std::io::stdout().is_terminal();
-    let width = terminal
-        .then(|| ratatui::crossterm::terminal::size().ok())
-        .flatten()
-        .map(|(w, _)| w as usize);
-    for line in ps::table(
-        &snapshot,
-        Columns::Intel,
-        width,
-        render::colour_wanted(terminal),
-    ) {
-        writeln!(out, "{line}")?;
     }
     eprintln!(
         "{} of {} processes on {}{}",
