@@ -13,10 +13,9 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{
-        counter::{ConstCounter, Counter},
-        family::Family,
+        counter::ConstCounter,
         gauge::ConstGauge,
         histogram::{exponential_buckets, Histogram},
     },
@@ -24,14 +23,9 @@ use prometheus_client::{
 };
 use protocol::{Heartbeat, Severity};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SeverityLabel {
-    severity: &'static str,
-}
-
 pub struct Metrics {
     registry: Arc<Registry>,
-    findings: Family<SeverityLabel, Counter>,
+    findings: metrics::BySeverity,
     publish_latency: Histogram,
     latest: Arc<Latest>,
 }
@@ -43,11 +37,10 @@ struct Latest(Mutex<Option<Heartbeat>>);
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("osprey_collector");
-        let findings = Family::<SeverityLabel, Counter>::default();
-        registry.register(
+        let findings = metrics::BySeverity::register(
+            &mut registry,
             "findings",
             "Findings raised on this host, by severity",
-            findings.clone(),
         );
         // 1 ms .. ~16 s: a local JetStream acks in milliseconds, a spooled finding waits out
         // an outage.
@@ -72,11 +65,7 @@ impl Metrics {
     }
 
     pub fn finding(&self, severity: Severity) {
-        self.findings
-            .get_or_create(&SeverityLabel {
-                severity: severity.as_str(),
-            })
-            .inc();
+        self.findings.inc(severity);
     }
 
     pub fn published(&self, latency: std::time::Duration) {

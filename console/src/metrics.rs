@@ -10,11 +10,6 @@ use prometheus_client::{
 use protocol::{AuditRecord, Severity};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SeverityLabel {
-    severity: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -44,7 +39,7 @@ struct OutcomeLabel {
 
 pub struct Metrics {
     registry: Arc<Registry>,
-    findings: Family<SeverityLabel, Counter>,
+    findings: metrics::BySeverity,
     duplicates: Counter,
     rejected: Family<ReasonLabel, Counter>,
     audit: Family<AuditLabels, Counter>,
@@ -66,11 +61,10 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("osprey_console");
-        let findings = Family::<SeverityLabel, Counter>::default();
-        r.register(
+        let findings = metrics::BySeverity::register(
+            &mut r,
             "findings",
             "Findings stored, by severity (each finding once)",
-            findings.clone(),
         );
         let duplicates = Counter::default();
         r.register(
@@ -150,11 +144,7 @@ impl Metrics {
 
     pub fn finding(&self, severity: Severity, stored: bool) {
         if stored {
-            self.findings
-                .get_or_create(&SeverityLabel {
-                    severity: severity.as_str(),
-                })
-                .inc();
+            self.findings.inc(severity);
         } else {
             self.duplicates.inc();
         }

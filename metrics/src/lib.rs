@@ -6,6 +6,38 @@ use std::{net::SocketAddr, sync::Arc};
 
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 pub use prometheus_client::{self, registry::Registry};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
+use protocol::Severity;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SeverityLabel {
+    severity: &'static str,
+}
+
+/// A counter per finding severity (`name_total{severity="high"}`): how every service counts
+/// the findings it raised, received or stored.
+#[derive(Clone, Debug, Default)]
+pub struct BySeverity(Family<SeverityLabel, Counter>);
+
+impl BySeverity {
+    /// A new family registered in `registry` as `name`.
+    pub fn register(registry: &mut Registry, name: &str, help: &str) -> BySeverity {
+        let counters = BySeverity::default();
+        registry.register(name, help, counters.0.clone());
+        counters
+    }
+
+    pub fn inc(&self, severity: Severity) {
+        self.0
+            .get_or_create(&SeverityLabel {
+                severity: severity.as_str(),
+            })
+            .inc();
+    }
+}
 
 /// The media type of [`render`]'s output (OpenMetrics 1.0 text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

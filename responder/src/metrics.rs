@@ -12,11 +12,6 @@ use prometheus_client::{
 use protocol::{AuditRecord, Decision, Severity};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SeverityLabel {
-    severity: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     action: String,
     decision: &'static str,
@@ -29,7 +24,7 @@ struct ResultLabel {
 
 pub struct Metrics {
     registry: Arc<Registry>,
-    findings: Family<SeverityLabel, Counter>,
+    findings: metrics::BySeverity,
     decisions: Family<DecisionLabels, Counter>,
     pending: Gauge,
     dry_run: Gauge,
@@ -39,11 +34,10 @@ pub struct Metrics {
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("osprey_responder");
-        let findings = Family::<SeverityLabel, Counter>::default();
-        registry.register(
+        let findings = metrics::BySeverity::register(
+            &mut registry,
             "findings",
             "Findings received from the OSPREY_FINDINGS stream, by severity",
-            findings.clone(),
         );
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
@@ -84,11 +78,7 @@ impl Metrics {
     }
 
     pub fn finding(&self, severity: Severity) {
-        self.findings
-            .get_or_create(&SeverityLabel {
-                severity: severity.as_str(),
-            })
-            .inc();
+        self.findings.inc(severity);
     }
 
     /// Counts an audited decision; pending approvals rise with `awaiting_approval` and fall
