@@ -119,7 +119,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             enabled: true,
             path: PathBuf::from(DEFAULT_PATH),
-            queue_capacity: 65_536,
+            queue_capacity: 16_384,
             batch_max: 4_096,
             batch_interval_ms: 200,
             retention: RetentionConfig::default(),
@@ -145,7 +145,7 @@ impl Default for UdpConfig {
     fn default() -> Self {
         UdpConfig {
             idle_secs: 60,
-            max_flows: 65_536,
+            max_flows: 16_384,
         }
     }
 }

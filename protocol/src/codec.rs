@@ -32,6 +32,8 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
             what: short_type_name::<T>(),
             source,
         })?;
+    // Encoded values wait in queues (events for NATS, the spool): they hold what they use.
+    out.shrink_to_fit();
     Ok(out)
 }
 

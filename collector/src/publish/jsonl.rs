@@ -5,10 +5,13 @@ use std::{
     io::{self, Write},
     sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
     thread,
+    time::Duration,
 };
 
 /// Lines waiting for the writer thread before events start being dropped.
 const QUEUE: usize = 8192;
+/// How long lines gather before the writer thread takes them, once one is queued.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// What `--output jsonl` prints. Findings are always printed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,16 +84,33 @@ impl JsonlWriter {
     }
 }
 
-fn write_lines(mut out: Box<dyn Write + Send>, rx: Receiver<Line>) {
-    while let Ok(Line::Text(text)) = rx.recv() {
-        let written = out
-            .write_all(text.as_bytes())
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
-        if let Err(error) = written {
+fn write_lines(out: Box<dyn Write + Send>, rx: Receiver<Line>) {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(first) = rx.recv() {
+        // Lines gather while this thread sleeps: a thread blocked in `recv` is woken by every
+        // line, and each wake-up cost the event loop more than rendering the line.
+        thread::sleep(GATHER);
+        let mut stopping = false;
+        let mut written = Ok(());
+        for line in std::iter::once(first).chain(rx.try_iter()) {
+            let Line::Text(text) = line else {
+                stopping = true;
+                break;
+            };
+            written = out
+                .write_all(text.as_bytes())
+                .and_then(|()| out.write_all(b"\n"));
+            if written.is_err() {
+                break;
+            }
+        }
+        if let Err(error) = written.and_then(|()| out.flush()) {
             // A closed stdout (the reader went away) will not come back: stop writing, and
             // let producers see the closed channel.
             tracing::error!(%error, "jsonl output: cannot write to stdout; jsonl output stops");
+            return;
+        }
+        if stopping {
             return;
         }
     }

@@ -31,7 +31,7 @@ pub mod spool;
 use std::{
     io,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
     },
     time::Duration,
@@ -55,6 +55,10 @@ use spool::Spool;
 
 /// Events waiting for the core sender before new ones are dropped.
 const EVENT_QUEUE: usize = 8192;
+/// Bytes of encoded events waiting for the core sender before new ones are dropped: with
+/// their ancestry events run to a few KiB, and a full queue of them must stay small next to
+/// the collector's memory bound.
+const EVENT_QUEUE_BYTES: usize = 4 << 20;
 /// Heartbeats waiting for the core sender (they come every few seconds).
 const HEARTBEAT_QUEUE: usize = 16;
 
@@ -144,6 +148,8 @@ struct Counters {
     events_dropped: AtomicU64,
     heartbeats_published: AtomicU64,
     heartbeats_dropped: AtomicU64,
+    /// Encoded bytes of the events queued for the core sender.
+    events_queued_bytes: AtomicUsize,
 }
 
 /// A cheap handle for the pipeline. All methods are synchronous and never wait on the network.
@@ -262,25 +268,42 @@ impl Publisher {
     /// blocks; what cannot be queued is counted in `events_dropped`.
     pub fn event(&self, event: &Event) {
         let inner = &self.inner;
-        if inner.publish_events {
-            if let Some(events) = &inner.events {
-                match protocol::encode(event) {
-                    Ok(payload) => {
-                        let message = CoreMessage {
-                            subject: subject::events(&inner.host, event.kind()),
-                            payload: Bytes::from(payload),
-                        };
-                        if events.try_send(message).is_err() {
-                            inner.count_event_drop();
-                        }
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "cannot encode an event");
-                        inner.count_event_drop();
-                    }
-                }
+        if let (true, Some(events)) = (inner.publish_events, &inner.events) {
+            if !self.queue_event(events, event) {
+                inner.count_event_drop();
             }
         }
+        self.jsonl_event(event);
+    }
+
+    /// Encodes an event for the core sender; false when it cannot be queued.
+    fn queue_event(&self, events: &mpsc::Sender<CoreMessage>, event: &Event) -> bool {
+        let inner = &self.inner;
+        let payload = match protocol::encode(event) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode an event");
+                return false;
+            }
+        };
+        let queued = &inner.counters.events_queued_bytes;
+        let size = payload.len();
+        let message = CoreMessage {
+            subject: subject::events(&inner.host, event.kind()),
+            payload: Bytes::from(payload),
+        };
+        if queued.fetch_add(size, Ordering::Relaxed) + size > EVENT_QUEUE_BYTES
+            || events.try_send(message).is_err()
+        {
+            queued.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Queues an event for `--output jsonl` (when it prints events).
+    fn jsonl_event(&self, event: &Event) {
+        let inner = &self.inner;
         if let Some((sink, options)) = &inner.jsonl {
             if options.events {
                 let queued = match serde_json::to_string(event) {

@@ -52,6 +52,10 @@ impl NatsConfig {
     }
 }
 
+/// Messages the NATS client buffers on its way to the server (async-nats' default, 2048,
+/// held several MiB of events in a flood).
+const CLIENT_CAPACITY: usize = 256;
+
 /// Connects without waiting for the server: the client keeps retrying in the background, so a
 /// collector started before NATS still runs (its findings wait in the spool).
 pub(crate) async fn connect(
@@ -67,6 +71,7 @@ pub(crate) async fn connect(
     let url = config.url.clone();
     options
         .name(format!("osprey-collector@{host}"))
+        .client_capacity(CLIENT_CAPACITY)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |event| {
@@ -421,6 +426,12 @@ enum Kind {
 }
 
 async fn publish_core(client: &Client, message: CoreMessage, kind: Kind, counters: &Counters) {
+    if kind == Kind::Event {
+        // Out of the queue; the client's own (CLIENT_CAPACITY) holds it from here.
+        counters
+            .events_queued_bytes
+            .fetch_sub(message.payload.len(), Ordering::Relaxed);
+    }
     let dropped = if client.connection_state() != State::Connected {
         true
     } else {

@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -241,8 +241,7 @@ impl WriterState {
             let mut deadline = wake.max(now);
             let mut replies = Vec::new();
             loop {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                match self.rx.recv_timeout(wait) {
+                match self.next(!batch.is_empty(), deadline) {
                     Ok(Message::Record(record)) => {
                         if batch.is_empty() {
                             deadline = Instant::now() + self.batch_interval;
@@ -297,6 +296,28 @@ impl WriterState {
         let _ = self
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+
+    /// The next message, by `deadline`. While a batch is `gathering`, the thread sleeps
+    /// instead of waiting on the queue: a waiting receiver is woken by every record, and those
+    /// wake-ups cost the event loop more than the records themselves.
+    fn next(&self, gathering: bool, deadline: Instant) -> Result<Message, RecvTimeoutError> {
+        if !gathering {
+            return self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        }
+        let taken = match self.rx.try_recv() {
+            Err(TryRecvError::Empty) => {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                self.rx.try_recv()
+            }
+            taken => taken,
+        };
+        taken.map_err(|error| match error {
+            TryRecvError::Empty => RecvTimeoutError::Timeout,
+            TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+        })
     }
 
     fn error(&self, message: String) {

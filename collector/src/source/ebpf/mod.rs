@@ -54,6 +54,8 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 
 /// Shortest time between two reads of the ring buffer while events keep coming.
 const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+/// Records taken from the ring buffer per batch at most.
+const MAX_BATCH: usize = 1024;
 /// How often the kernel's connect tracking maps are swept for entries that can no longer
 /// complete (a thread or socket that vanished through a path no tracepoint sees).
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -475,11 +477,13 @@ impl EventSource for EbpfSource {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.map_err(|source| SourceError::Io { context: "ring buffer poll failed".into(), source })?;
                     let now = Instant::now();
-                    // Drain what is there; bounded so timers still get their turn.
+                    // Drain what is there; bounded so timers still get their turn, and so that
+                    // what one batch queues for the outputs (encoded events, history records)
+                    // stays small next to the collector's memory bound.
                     let ring = guard.get_inner_mut();
                     let mut drained = false;
                     let mut read = 0u64;
-                    for _ in 0..4096 {
+                    for _ in 0..MAX_BATCH {
                         let Some(item) = ring.next() else {
                             drained = true;
                             break;
