@@ -91,3 +91,29 @@ int main(int argc, char **argv) {
     return 0;
 }
 "#;
+
+/// `exec_storm MARK N`: N children one after another, each `execl("/bin/true", "/bin/true",
+/// "MARK-i")` with its argument built on its own stack, each waited for.
+pub const EXEC_STORM: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/wait.h>
+int main(int argc, char **argv) {
+    int n = atoi(argv[2]);
+    for (int i = 0; i < n; i++) {
+        pid_t p = fork();
+        if (p < 0) return 1;
+        if (p == 0) {
+            char arg[256];
+            snprintf(arg, sizeof arg, "%s-%d", argv[1], i);
+            execl("/bin/true", "/bin/true", arg, (char *)NULL);
+            _exit(127);
+        }
+        int status;
+        if (waitpid(p, &status, 0) != p || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            return 1;
+    }
+    return 0;
+}
+"#;

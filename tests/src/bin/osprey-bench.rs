@@ -4,13 +4,19 @@
 //! Reported: the workload's throughput ratio (with / without), capture completeness, the
 //! collector's CPU time per event, its peak RSS, and exec→finding latency (p50/p99) as seen by
 //! a NATS subscriber.
+//!
+//! With `--peer bpftrace`, instead: the same workloads under Osprey and under a bpftrace
+//! script that prints what Osprey reports (execs with their argv, connects with their
+//! destination), compared figure by figure.
 
 use std::{
     net::TcpListener,
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use clap::Parser;
 use osprey_tests::{
     collector::Collector, eventually, marker, nats::NatsServer, terminal::Tmux, workload,
 };
@@ -29,6 +35,20 @@ const CONSOLE_SECS: usize = 10;
 /// Extra live processes for the query latency measurement.
 const QUERY_EXTRA_PROCESSES: usize = 5_000;
 
+#[derive(clap::Parser)]
+#[command(about = "Osprey's cost and latency under real workloads (run by `cargo xtask bench`)")]
+struct Args {
+    /// Instead of the default figures, compare Osprey with this monitor on the same workloads.
+    #[arg(long, value_enum)]
+    peer: Option<Peer>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Peer {
+    /// A bpftrace script printing execs (pid, comm, argv) and connects (pid, destination).
+    Bpftrace,
+}
+
 /// The workloads run as child processes, so this process's own threads (its NATS subscriber
 /// decoding every event) don't compete with them inside one process.
 fn timed(cmd: &mut Command) -> Duration {
@@ -38,15 +58,10 @@ fn timed(cmd: &mut Command) -> Duration {
     start.elapsed()
 }
 
-/// `/bin/true <mark>-<i>`, EXECS times, from a shell loop.
-fn exec_storm(mark: &str) -> Duration {
-    timed(Command::new("bash").args([
-        "-c",
-        &format!(
-            "for i in $(seq 0 {}); do /bin/true {mark}-$i; done",
-            EXECS - 1
-        ),
-    ]))
+/// `/bin/true <mark>-<i>`, EXECS times, each forked and waited for by `bin`
+/// ([`workload::EXEC_STORM`]).
+fn exec_storm(bin: &Path, mark: &str) -> Duration {
+    timed(Command::new(bin).args([mark, &EXECS.to_string()]))
 }
 
 /// CONNECTS TCP connects (and closes) to a loopback listener on `port`, accepted by a thread
@@ -122,6 +137,7 @@ impl Measured {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args = Args::parse();
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start();
     let client = nats.client().await;
@@ -132,6 +148,10 @@ async fn main() {
         .port();
     // SAFETY: sysconf has no preconditions.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let exec_bin = workload::compile_c(dir.path(), "exec_storm", workload::EXEC_STORM);
+    if let Some(Peer::Bpftrace) = args.peer {
+        return peer::compare(&client, &nats, dir.path(), &exec_bin, port, tck).await;
+    }
     let mut exec = Measured::new();
     let mut conn = Measured::new();
     let mut exec_bare = Measured::new();
@@ -142,7 +162,7 @@ async fn main() {
 
     for round in 0..ROUNDS {
         // Without the collector.
-        let without = EXECS as f64 / exec_storm(&marker("warm")).as_secs_f64();
+        let without = EXECS as f64 / exec_storm(&exec_bin, &marker("warm")).as_secs_f64();
         exec.without.push(without);
         exec_bare.without.push(without);
         let without = CONNECTS as f64 / connect_storm(port).as_secs_f64();
@@ -152,13 +172,13 @@ async fn main() {
         // With it, its history off and on: a fresh collector for each.
         let spool = dir.path().join(format!("spool{round}-off"));
         let bare = Collector::start(&client, &nats.url(), &spool, &["--no-history"]).await;
-        storms(&bare, &mut exec_bare, &mut conn_bare, port, tck).await;
+        storms(&bare, &exec_bin, &mut exec_bare, &mut conn_bare, port, tck).await;
         peak_rss_bare = peak_rss_bare.max(peak_rss_kib(bare.pid()));
         drop(bare);
         let spool = dir.path().join(format!("spool{round}"));
         let collector = Collector::start(&client, &nats.url(), &spool, &[]).await;
         let pid = collector.pid();
-        storms(&collector, &mut exec, &mut conn, port, tck).await;
+        storms(&collector, &exec_bin, &mut exec, &mut conn, port, tck).await;
 
         // Latency: a background shell per sample raises a finding; compare the exec's kernel
         // timestamp with the moment the finding reaches this NATS subscriber.
@@ -217,6 +237,7 @@ async fn main() {
 /// The exec storm and the connect storm under `collector`, into `exec` and `conn`.
 async fn storms(
     collector: &Collector,
+    exec_bin: &Path,
     exec: &mut Measured,
     conn: &mut Measured,
     port: u16,
@@ -225,7 +246,7 @@ async fn storms(
     let pid = collector.pid();
     let mark = marker("exec");
     let cpu0 = cpu_ticks(pid);
-    let elapsed = exec_storm(&mark);
+    let elapsed = exec_storm(exec_bin, &mark);
     exec.with.push(EXECS as f64 / elapsed.as_secs_f64());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu1 = cpu_ticks(pid);
@@ -440,4 +461,518 @@ async fn floods(client: &async_nats::Client, url: &str, dir: &std::path::Path) -
         (cpu1 - cpu0) as f64 / tck,
         if quiet.is_some() { "nothing pending" } else { "STILL PENDING" }
     )
+}
+
+/// `--peer bpftrace`: each workload without a monitor, under a fresh Osprey collector (default
+/// configuration) and under a fresh bpftrace, ROUNDS interleaved rounds, medians reported.
+mod peer {
+    use std::{
+        collections::{HashMap, HashSet},
+        path::PathBuf,
+        process::Child,
+    };
+
+    use super::*;
+
+    /// Script processes per run of the script workload.
+    const SCRIPTS: usize = 300;
+    /// What a bpftrace user would write to see what Osprey reports: every exec with its pid,
+    /// comm and argv, and every IPv4/IPv6 connect with its pid and destination.
+    const SCRIPT: &str = r#"
+BEGIN { printf("osprey-bench-ready\n"); }
+tracepoint:syscalls:sys_enter_execve {
+    printf("exec %d %s ", pid, comm);
+    join(args->argv);
+}
+tracepoint:syscalls:sys_enter_connect {
+    $sa = (struct sockaddr_in *)args->uservaddr;
+    if ($sa->sin_family == 2) {
+        printf("connect %d %s %d\n", pid, ntop($sa->sin_addr.s_addr), bswap($sa->sin_port));
+    }
+    if ($sa->sin_family == 10) {
+        $sa6 = (struct sockaddr_in6 *)args->uservaddr;
+        printf("connect %d %s %d\n", pid, ntop($sa6->sin6_addr.in6_u.u6_addr8),
+               bswap($sa6->sin6_port));
+    }
+}
+"#;
+    const READY: &str = "osprey-bench-ready";
+    const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Workload {
+        Exec,
+        Connect,
+        Scripts,
+    }
+
+    impl Workload {
+        const ALL: [Workload; 3] = [Workload::Exec, Workload::Connect, Workload::Scripts];
+
+        fn items(self) -> usize {
+            match self {
+                Workload::Exec => EXECS,
+                Workload::Connect => CONNECTS,
+                Workload::Scripts => SCRIPTS,
+            }
+        }
+
+        fn unit(self) -> &'static str {
+            match self {
+                Workload::Exec => "exec",
+                Workload::Connect => "connect",
+                Workload::Scripts => "script",
+            }
+        }
+
+        fn title(self) -> String {
+            match self {
+                Workload::Exec => format!("exec storm ({EXECS} × fork + execl /bin/true MARK-i)"),
+                Workload::Connect => {
+                    format!("connect storm ({CONNECTS} TCP connects from one python3)")
+                }
+                Workload::Scripts => format!(
+                    "scripts ({SCRIPTS} × python3 -c '…connect…  # MARK-i', one connect each)"
+                ),
+            }
+        }
+
+        /// How long the monitor gets after the workload to take in what it saw.
+        fn settle(self) -> Duration {
+            match self {
+                Workload::Connect => Duration::from_secs(3),
+                Workload::Exec | Workload::Scripts => Duration::from_secs(2),
+            }
+        }
+    }
+
+    /// What the workloads run and where they connect.
+    struct Workloads {
+        exec_bin: PathBuf,
+        storm_port: u16,
+        /// A listener of this process, accepted by a thread of its own: the scripts connect
+        /// one at a time, so it keeps up.
+        script_port: u16,
+    }
+
+    impl Workloads {
+        fn run(&self, w: Workload, mark: &str) -> Duration {
+            match w {
+                Workload::Exec => exec_storm(&self.exec_bin, mark),
+                Workload::Connect => connect_storm(self.storm_port),
+                Workload::Scripts => timed(Command::new("bash").args([
+                    "-c",
+                    &format!(
+                        "set -e; for i in $(seq 0 {}); do {} -c \"{}\"; done",
+                        SCRIPTS - 1,
+                        workload::PYTHON,
+                        self.script(mark, "$i")
+                    ),
+                ])),
+            }
+        }
+
+        fn script(&self, mark: &str, i: &str) -> String {
+            format!(
+                "import socket; socket.create_connection(('127.0.0.1', {})).close()  # {mark}-{i}",
+                self.script_port
+            )
+        }
+
+        /// The argv item `i` of `w` runs with; the connect storm's connects are all made by
+        /// one process, so they have none of their own.
+        fn argv(&self, w: Workload, mark: &str, i: usize) -> Option<Vec<String>> {
+            match w {
+                Workload::Exec => Some(vec!["/bin/true".into(), format!("{mark}-{i}")]),
+                Workload::Scripts => Some(vec![
+                    workload::PYTHON.into(),
+                    "-c".into(),
+                    self.script(mark, &i.to_string()),
+                ]),
+                Workload::Connect => None,
+            }
+        }
+
+        /// The item of `w` whose exact argv, space-joined, `line` is or ends with.
+        fn item(&self, w: Workload, mark: &str, line: &str) -> Option<usize> {
+            let (_, n) = line.rsplit_once(&format!("{mark}-"))?;
+            let i = n.parse().ok()?;
+            let argv = self.argv(w, mark, i)?.join(" ");
+            (line == argv || line.ends_with(&format!(" {argv}"))).then_some(i)
+        }
+    }
+
+    /// bpftrace running [`SCRIPT`], its standard output in a file.
+    struct Bpftrace {
+        child: Child,
+        output: PathBuf,
+        errors: PathBuf,
+    }
+
+    impl Bpftrace {
+        async fn start(dir: &Path, name: &str) -> Bpftrace {
+            let output = dir.join(format!("{name}.out"));
+            let errors = dir.join(format!("{name}.err"));
+            let file = |p: &Path| std::fs::File::create(p).expect("create a bpftrace output file");
+            let child = Command::new("bpftrace")
+                .args(["-e", SCRIPT])
+                .stdout(file(&output))
+                .stderr(file(&errors))
+                .spawn()
+                .expect("bpftrace runs (cargo xtask bench --peer bpftrace installs it)");
+            let bpftrace = Bpftrace {
+                child,
+                output,
+                errors,
+            };
+            // BEGIN runs once every probe is attached.
+            let ready = eventually(Duration::from_secs(60), || {
+                let out = std::fs::read_to_string(&bpftrace.output).ok()?;
+                out.contains(READY).then_some(())
+            })
+            .await;
+            assert!(
+                ready.is_some(),
+                "bpftrace did not attach within 60 s: {}",
+                std::fs::read_to_string(&bpftrace.errors).unwrap_or_default()
+            );
+            bpftrace
+        }
+
+        /// Stops bpftrace (SIGINT: it prints what its buffers hold first) and returns its
+        /// output. Its errors are passed on, but for the warning that it cannot raise
+        /// RLIMIT_MEMLOCK, which this kernel (memcg accounting) does not need.
+        fn finish(&mut self) -> String {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let status = self.child.wait().expect("wait for bpftrace");
+            assert!(status.success(), "bpftrace failed: {status}");
+            let errors = std::fs::read_to_string(&self.errors).unwrap_or_default();
+            for line in errors.lines().filter(|l| !l.contains("RLIMIT_MEMLOCK")) {
+                eprintln!("bpftrace: {line}");
+            }
+            std::fs::read_to_string(&self.output).expect("bpftrace's output")
+        }
+    }
+
+    impl Drop for Bpftrace {
+        fn drop(&mut self) {
+            if !matches!(self.child.try_wait(), Ok(Some(_))) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+
+    enum Monitor {
+        Osprey(Collector),
+        Bpftrace(Bpftrace),
+    }
+
+    impl Monitor {
+        fn pid(&self) -> u32 {
+            match self {
+                Monitor::Osprey(c) => c.pid(),
+                Monitor::Bpftrace(b) => b.child.id(),
+            }
+        }
+
+        /// How many of `w`'s items the monitor reported in full: the execs and the scripts'
+        /// connects whose exact argv it reported (distinct markers), the connect storm's
+        /// connects to its port.
+        fn captured(&mut self, ws: &Workloads, w: Workload, mark: &str) -> usize {
+            match self {
+                Monitor::Osprey(c) => {
+                    if w == Workload::Connect {
+                        return c
+                            .events(|e| {
+                                matches!(&e.detail, EventDetail::Connect(c)
+                                    if c.destination_port == ws.storm_port && !c.late_outcome)
+                            })
+                            .len();
+                    }
+                    let items: HashSet<usize> = c
+                        .events(|e| match &e.detail {
+                            EventDetail::Exec(_) => w == Workload::Exec,
+                            EventDetail::Connect(c) => {
+                                w == Workload::Scripts && c.destination_port == ws.script_port
+                            }
+                            _ => false,
+                        })
+                        .iter()
+                        .filter_map(|e| {
+                            let i = ws.item(w, mark, &e.process.argv.join(" "))?;
+                            (Some(&e.process.argv) == ws.argv(w, mark, i).as_ref()).then_some(i)
+                        })
+                        .collect();
+                    items.len()
+                }
+                Monitor::Bpftrace(b) => {
+                    let output = b.finish();
+                    // Item of each exec'd pid, and the pids that connected to each port.
+                    let mut execs: HashMap<&str, usize> = HashMap::new();
+                    let mut connects: Vec<(&str, u16)> = Vec::new();
+                    for line in output.lines() {
+                        let mut f = line.split(' ');
+                        match (f.next(), f.next()) {
+                            (Some("exec"), Some(pid)) => {
+                                if let Some(i) = ws.item(w, mark, line) {
+                                    execs.insert(pid, i);
+                                }
+                            }
+                            (Some("connect"), Some(pid)) => {
+                                if let (Some("127.0.0.1"), Some(Ok(port))) =
+                                    (f.next(), f.next().map(str::parse))
+                                {
+                                    connects.push((pid, port));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    match w {
+                        Workload::Exec => execs.values().collect::<HashSet<_>>().len(),
+                        Workload::Connect => connects
+                            .iter()
+                            .filter(|(_, port)| *port == ws.storm_port)
+                            .count(),
+                        Workload::Scripts => connects
+                            .iter()
+                            .filter(|(_, port)| *port == ws.script_port)
+                            .filter_map(|(pid, _)| execs.get(pid))
+                            .collect::<HashSet<_>>()
+                            .len(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run time (ns) and runs, summed over the BPF programs `pid` holds open, as the kernel
+    /// counts them in /proc/PID/fdinfo while `kernel.bpf_stats_enabled` is on.
+    fn bpf_prog_stats(pid: u32) -> (u64, u64) {
+        let mut by_id: HashMap<u64, (u64, u64)> = HashMap::new();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the monitor's fds");
+        for fd in fds.flatten() {
+            let is_prog =
+                std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-prog");
+            if !is_prog {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let field = |name: &str| -> Option<u64> {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            // The same program may be open more than once.
+            if let Some(id) = field("prog_id") {
+                by_id.insert(
+                    id,
+                    (
+                        field("run_time_ns").unwrap_or(0),
+                        field("run_cnt").unwrap_or(0),
+                    ),
+                );
+            }
+        }
+        by_id
+            .values()
+            .fold((0, 0), |(ns, n), (dns, dn)| (ns + dns, n + dn))
+    }
+
+    /// `kernel.bpf_stats_enabled` on while this lives; the previous value back on drop.
+    struct BpfStats {
+        previous: String,
+    }
+
+    impl BpfStats {
+        fn enable() -> BpfStats {
+            let previous = std::fs::read_to_string(BPF_STATS).expect("read bpf_stats_enabled");
+            std::fs::write(BPF_STATS, "1").expect("enable kernel.bpf_stats_enabled");
+            BpfStats { previous }
+        }
+    }
+
+    impl Drop for BpfStats {
+        fn drop(&mut self) {
+            if let Err(e) = std::fs::write(BPF_STATS, self.previous.trim()) {
+                eprintln!("cannot restore kernel.bpf_stats_enabled: {e}");
+            }
+        }
+    }
+
+    /// One monitored run of one workload.
+    struct Sample {
+        ratio: f64,
+        capture_pct: f64,
+        cpu_us_per_item: f64,
+        kernel_ns_per_run: f64,
+        kernel_us_per_item: f64,
+        peak_rss_mib: f64,
+    }
+
+    /// A column of the comparison: its name (`item` is replaced by the workload's unit), the
+    /// value it shows and with how many decimals.
+    struct Figure {
+        name: &'static str,
+        value: fn(&Sample) -> f64,
+        precision: usize,
+    }
+
+    const FIGURES: [Figure; 6] = [
+        Figure {
+            name: "ratio",
+            value: |s| s.ratio,
+            precision: 3,
+        },
+        Figure {
+            name: "capture %",
+            value: |s| s.capture_pct,
+            precision: 1,
+        },
+        Figure {
+            name: "CPU µs/item",
+            value: |s| s.cpu_us_per_item,
+            precision: 1,
+        },
+        Figure {
+            name: "kernel ns/run",
+            value: |s| s.kernel_ns_per_run,
+            precision: 0,
+        },
+        Figure {
+            name: "kernel µs/item",
+            value: |s| s.kernel_us_per_item,
+            precision: 1,
+        },
+        Figure {
+            name: "peak RSS MiB",
+            value: |s| s.peak_rss_mib,
+            precision: 1,
+        },
+    ];
+
+    pub(super) async fn compare(
+        client: &async_nats::Client,
+        nats: &NatsServer,
+        dir: &Path,
+        exec_bin: &Path,
+        storm_port: u16,
+        tck: f64,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+        let script_port = listener.local_addr().expect("its address").port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
+        let ws = Workloads {
+            exec_bin: exec_bin.to_path_buf(),
+            storm_port,
+            script_port,
+        };
+        let _stats = BpfStats::enable();
+        // samples[workload][0: Osprey, 1: bpftrace]
+        let mut samples: Vec<[Vec<Sample>; 2]> =
+            Workload::ALL.iter().map(|_| [vec![], vec![]]).collect();
+        let mut without: Vec<Vec<f64>> = vec![vec![]; Workload::ALL.len()];
+        for round in 0..ROUNDS {
+            for (wi, &w) in Workload::ALL.iter().enumerate() {
+                let items = w.items() as f64;
+                let bare = items / ws.run(w, &marker("bare")).as_secs_f64();
+                without[wi].push(bare);
+                // Which monitor goes first alternates, so neither always runs on a warmer host.
+                for m in [round % 2, 1 - round % 2] {
+                    let mark = marker(&format!("peer{m}"));
+                    let mut monitor = if m == 0 {
+                        let spool = dir.join(format!("spool-peer-{round}-{wi}"));
+                        Monitor::Osprey(Collector::start(client, &nats.url(), &spool, &[]).await)
+                    } else {
+                        Monitor::Bpftrace(
+                            Bpftrace::start(dir, &format!("bpftrace-{round}-{wi}")).await,
+                        )
+                    };
+                    let pid = monitor.pid();
+                    let (ns0, runs0) = bpf_prog_stats(pid);
+                    let cpu0 = cpu_ticks(pid);
+                    let elapsed = ws.run(w, &mark);
+                    tokio::time::sleep(w.settle()).await;
+                    let cpu1 = cpu_ticks(pid);
+                    let (ns1, runs1) = bpf_prog_stats(pid);
+                    let peak_rss_mib = peak_rss_kib(pid) as f64 / 1024.0;
+                    let captured = monitor.captured(&ws, w, &mark);
+                    let kernel_ns = ns1.saturating_sub(ns0) as f64;
+                    samples[wi][m].push(Sample {
+                        ratio: items / elapsed.as_secs_f64() / bare,
+                        capture_pct: 100.0 * captured as f64 / items,
+                        cpu_us_per_item: cpu1.saturating_sub(cpu0) as f64 / tck * 1e6 / items,
+                        kernel_ns_per_run: kernel_ns / runs1.saturating_sub(runs0).max(1) as f64,
+                        kernel_us_per_item: kernel_ns / 1e3 / items,
+                        peak_rss_mib,
+                    });
+                }
+            }
+        }
+        println!("osprey vs bpftrace: {ROUNDS} interleaved rounds, medians");
+        for (wi, &w) in Workload::ALL.iter().enumerate() {
+            let median = |v: &[f64]| {
+                let mut v = v.to_vec();
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+                percentile(&v, 0.5)
+            };
+            println!(
+                "\n{} — without a monitor {:.0} {}/s",
+                w.title(),
+                median(&without[wi]),
+                w.unit()
+            );
+            let header: Vec<String> = FIGURES
+                .iter()
+                .map(|f| format!("{:>18}", f.name.replace("item", w.unit())))
+                .collect();
+            println!("{:<16}{}", "", header.concat());
+            let medians: Vec<Vec<f64>> = samples[wi]
+                .iter()
+                .map(|runs| {
+                    FIGURES
+                        .iter()
+                        .map(|f| median(&runs.iter().map(f.value).collect::<Vec<_>>()))
+                        .collect()
+                })
+                .collect();
+            let ratio: Vec<f64> = medians[0]
+                .iter()
+                .zip(&medians[1])
+                .map(|(o, b)| o / b)
+                .collect();
+            for (name, row) in [
+                ("osprey", &medians[0]),
+                ("bpftrace", &medians[1]),
+                ("osprey/bpftrace", &ratio),
+            ] {
+                let cells: Vec<String> = row
+                    .iter()
+                    .zip(&FIGURES)
+                    .map(|(v, f)| {
+                        // Quotients all get three decimals.
+                        let precision = if name == "osprey/bpftrace" {
+                            3
+                        } else {
+                            f.precision
+                        };
+                        format!("{v:>18.precision$}")
+                    })
+                    .collect();
+                println!("{name:<16}{}", cells.concat());
+            }
+        }
+    }
 }
