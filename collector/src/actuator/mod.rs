@@ -550,7 +550,7 @@ impl Actuator {
         }
         self.state
             .nonces
-            .retain(|(_, t)| now.distance_nanos(*t) <= 2 * window_ns);
+            .retain(|(_, t)| now.distance_nanos(*t) <= window_ns.saturating_mul(2));
         if self.state.nonces.iter().any(|(n, _)| *n == command.nonce) {
             return Err(Outcome::refused(format!(
                 "replayed command: nonce {} was already used",
