@@ -6,6 +6,7 @@ pub mod actuator;
 pub mod audit;
 pub mod cache;
 pub mod config;
+pub mod cost;
 pub mod detect;
 pub mod enrich;
 pub mod findings;

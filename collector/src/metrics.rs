@@ -117,6 +117,10 @@ fn gauge(value: u64) -> ConstGauge<i64> {
     ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
 }
 
+fn seconds(ns: u64) -> ConstCounter<f64> {
+    ConstCounter::new(ns as f64 / 1e9)
+}
+
 impl Collector for Latest {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(hb) = self.0.lock().ok().and_then(|latest| latest.clone()) else {
@@ -220,6 +224,22 @@ impl Collector for Latest {
             "ring_buffer_read_bytes",
             "Bytes of records read from the kernel ring buffer",
             ConstCounter::new(hb.ring.read_bytes),
+        )?;
+        family(
+            e,
+            "stage_seconds",
+            "Time the pipeline thread spent per stage of the event path",
+            "stage",
+            &hb.stage_ns,
+            seconds,
+        )?;
+        family(
+            e,
+            "thread_cpu_seconds",
+            "CPU time (user and system) of each collector thread",
+            "thread",
+            &hb.thread_cpu_ns,
+            seconds,
         )?;
         single(e, "ring_buffer_largest_read_bytes", "The most bytes read from the ring buffer in one wake-up since the previous heartbeat: how full it got", gauge(hb.ring.largest_read_bytes))?;
         Ok(())

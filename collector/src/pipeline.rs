@@ -16,6 +16,7 @@ use rules::SubjectKind;
 use tokio::sync::mpsc;
 
 use crate::{
+    cost::{self, Stage, StageClock},
     detect::Detectors,
     enrich::{ContainerIds, ExeHashes, HashResult, UserNames},
     findings::Findings,
@@ -84,6 +85,7 @@ pub struct Pipeline<S: EventSource> {
     reported_drops: BTreeMap<String, u64>,
     /// Connection closes whose process the table no longer knew.
     unattributed_closes: u64,
+    stages: StageClock,
 }
 
 impl<S: EventSource> Pipeline<S> {
@@ -145,6 +147,7 @@ impl<S: EventSource> Pipeline<S> {
             started: Instant::now(),
             reported_drops: BTreeMap::new(),
             unattributed_closes: 0,
+            stages: StageClock::default(),
         })
     }
 
@@ -228,6 +231,7 @@ impl<S: EventSource> Pipeline<S> {
     }
 
     fn process(&mut self, event: SensorEvent) {
+        self.stages.start();
         let time = event.time();
         let (process, detail) = match event {
             SensorEvent::Exec(rec) => {
@@ -277,6 +281,7 @@ impl<S: EventSource> Pipeline<S> {
                 (process, EventDetail::Close(rec.detail))
             }
         };
+        self.stages.charge(Stage::Table);
         // Fork and exit events name the parent (`parent_exec_id`) but carry no ancestry:
         // nothing scores them, consumers have it from the exec, and building and encoding
         // every ancestor's argv was a third of the collector's cost in an exec storm.
@@ -284,6 +289,7 @@ impl<S: EventSource> Pipeline<S> {
             EventDetail::Exec(_) | EventDetail::Connect(_) => self.table.ancestry(&process),
             _ => Vec::new(),
         };
+        self.stages.charge(Stage::Ancestry);
         let event = Event {
             time,
             host: self.options.host.clone(),
@@ -296,10 +302,14 @@ impl<S: EventSource> Pipeline<S> {
             .entry(event.kind().as_str())
             .or_default() += 1;
         self.publisher.event(&event);
+        self.stages.charge(Stage::Publish);
         self.activity.observe(&event);
         self.detect(&event);
         if let Some(history) = &mut self.history {
-            for d in history.event(&event) {
+            self.stages.charge(Stage::Detect);
+            let detections = history.event(&event);
+            self.stages.charge(Stage::History);
+            for d in detections {
                 if let Some(finding) = self.findings.raise(&event, history_feed::detection(d)) {
                     self.found(finding);
                 }
@@ -308,6 +318,7 @@ impl<S: EventSource> Pipeline<S> {
         if let (EventDetail::Exec(_), Some(sha256)) = (&event.detail, &event.process.sha256) {
             self.judge_hash(event.process.exec_id, sha256);
         }
+        self.stages.charge(Stage::Detect);
     }
 
     /// Executables waiting to be hashed (`osprey scan` waits for none).
@@ -617,6 +628,7 @@ impl<S: EventSource> Pipeline<S> {
     fn heartbeat(&mut self) {
         self.table.reap();
         let stats = self.source.stats();
+        self.stages.add(Stage::Read, stats.read_time);
         for (kind, &count) in &stats.drops {
             let before = self.reported_drops.get(kind).copied().unwrap_or(0);
             if count > before {
@@ -673,6 +685,8 @@ impl<S: EventSource> Pipeline<S> {
                 .active_blocks
                 .load(std::sync::atomic::Ordering::Relaxed),
             ring: stats.ring,
+            stage_ns: self.stages.totals(),
+            thread_cpu_ns: cost::thread_cpu_ns(),
             ..Default::default()
         };
         publisher.stamp(&mut heartbeat);

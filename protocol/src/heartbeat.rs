@@ -60,6 +60,14 @@ pub struct Heartbeat {
     /// How much of the kernel ring buffer the records take.
     #[serde(default)]
     pub ring: RingUse,
+    /// The collector's time per stage of the event path since start, in ns (`read`, `table`,
+    /// `ancestry`, `publish`, `detect`, `history`), timed on its pipeline thread.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stage_ns: BTreeMap<String, u64>,
+    /// CPU time (user and system) of each of the collector's threads since start, in ns, by
+    /// thread name: the pipeline's, the history writer's, the hasher's and the rest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub thread_cpu_ns: BTreeMap<String, u64>,
 }
 
 /// The kernel ring buffer's use (zero where the source has none, e.g. ETW).

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::gen,
     macros::map,
-    maps::{lpm_trie::LpmTrie, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sensor_common::{
     BlockAnyPortData, BlockPortData, CgroupDrops, DropKind, ExecRecord, FileKey, InflightConnect,
@@ -15,6 +15,14 @@ use sensor_common::{
 /// Every record for userspace. The collector sets the size at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Until when (CLOCK_BOOTTIME, ns) the collector sleeps between two reads of [`EVENTS`]; it
+/// reads all there is when it wakes, so a record sent before then need not wake it.
+#[map]
+pub static READER_ASLEEP_UNTIL: Array<u64> = Array::with_max_entries(1, 0);
+
+/// `BPF_RB_NO_WAKEUP`: the record is committed without waking the ring's reader.
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// Records that could not be delivered, per [`DropKind`].
 #[map]
@@ -106,10 +114,23 @@ fn count_cgroup_drop(cgroup: u64, kind: DropKind) -> bool {
     false
 }
 
+/// Whether committing a record should wake the reader: not while it sleeps on purpose (a
+/// wake-up then only costs it a context switch), at once otherwise.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let until = READER_ASLEEP_UNTIL.get(0).copied().unwrap_or(0);
+    // SAFETY: a helper without arguments.
+    if until != 0 && unsafe { gen::bpf_ktime_get_boot_ns() } < until {
+        BPF_RB_NO_WAKEUP
+    } else {
+        0
+    }
+}
+
 /// Sends a fixed-size record, counting a drop when the ring buffer is full.
 #[inline(always)]
 pub fn emit<T>(record: &T, kind: DropKind) {
-    if EVENTS.output(record, 0).is_err() {
+    if EVENTS.output(record, wakeup_flags()).is_err() {
         count_drop(kind);
     }
 }
@@ -117,7 +138,7 @@ pub fn emit<T>(record: &T, kind: DropKind) {
 /// Sends a record of runtime length (the exec record's argv tail is sent only as far as used).
 #[inline(always)]
 pub fn emit_bytes(record: &[u8], kind: DropKind) {
-    if EVENTS.output(record, 0).is_err() {
+    if EVENTS.output(record, wakeup_flags()).is_err() {
         count_drop(kind);
     }
 }

@@ -879,6 +879,11 @@ async fn the_api_authenticates_renders_ocsf_counts_metrics_and_survives_a_restar
             && acked <= raised
             && metrics::value(&host, "osprey_collector_ring_buffer_size_bytes") == 8_388_608.0
             && metrics::value(&host, "osprey_collector_ring_buffer_read_bytes_total") > 0.0
+            // Where its CPU went: the stages the test's events passed, and its threads.
+            && ["read", "table", "publish", "detect"].iter().all(|stage| {
+                metrics::value(&host, &format!("osprey_collector_stage_seconds_total{{stage=\"{stage}\"}}")) > 0.0
+            })
+            && metrics::value(&host, "osprey_collector_thread_cpu_seconds_total{thread=\"osprey-collecto\"}") > 0.0
             // Two script engines ran in the test's cgroup, on a host with more going on.
             && metrics::value(&host, "osprey_collector_events_total{kind=\"exec\"}") >= 2.0;
         (console_ok && responder_ok && console_audit_ok && actions_ok && collector_ok)

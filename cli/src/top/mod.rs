@@ -161,7 +161,7 @@ async fn spawn_intake(client: &async_nats::Client, feed: &Feed) -> anyhow::Resul
     tokio::spawn(async move {
         loop {
             let update = tokio::select! {
-                Some(m) = heartbeats.next() => protocol::decode::<Heartbeat>(&m.payload).ok().map(Update::Heartbeat),
+                Some(m) = heartbeats.next() => protocol::decode::<Heartbeat>(&m.payload).ok().map(|hb| Update::Heartbeat(Box::new(hb))),
                 Some(m) = findings.next() => protocol::decode::<Finding>(&m.payload).ok().map(|f| Update::Finding(Box::new(f))),
                 Some(r) = trail.next() => Some(Update::Audit(Box::new(r))),
                 Some(m) = investigations.next() => protocol::decode::<Investigation>(&m.payload).ok().map(|i| Update::Investigation(Box::new(i))),

@@ -25,7 +25,7 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Something that happened on the bus.
 #[derive(Debug)]
 pub enum Update {
-    Heartbeat(Heartbeat),
+    Heartbeat(Box<Heartbeat>),
     Finding(Box<Finding>),
     Audit(Box<AuditRecord>),
     /// An AI investigation's record (osprey-investigator).
@@ -353,7 +353,7 @@ impl App {
                 self.hosts.insert(
                     name.clone(),
                     HostInfo {
-                        last: hb,
+                        last: *hb,
                         seen_at: now,
                         interval,
                     },
@@ -872,10 +872,10 @@ mod tests {
     use protocol::*;
 
     fn heartbeat(host: &str) -> Update {
-        Update::Heartbeat(Heartbeat {
+        Update::Heartbeat(Box::new(Heartbeat {
             host: host.into(),
             ..Default::default()
-        })
+        }))
     }
 
     fn state(pid: u32, risk: Severity) -> ProcessState {

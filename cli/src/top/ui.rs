@@ -622,11 +622,11 @@ mod tests {
         let mut app = App::new(None, Ok(()));
         let now = Instant::now();
         app.apply(
-            Update::Heartbeat(Heartbeat {
+            Update::Heartbeat(Box::new(Heartbeat {
                 host: "web-1".into(),
                 events_per_sec: 5012.0,
                 ..Default::default()
-            }),
+            })),
             now,
         );
         let p = Process::new(

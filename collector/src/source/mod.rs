@@ -142,6 +142,8 @@ pub struct SourceStats {
     pub evicted: BTreeMap<String, u64>,
     /// The kernel ring buffer's use; its largest read restarts at each call.
     pub ring: protocol::RingUse,
+    /// Time spent taking records and decoding them since the previous call.
+    pub read_time: std::time::Duration,
 }
 
 /// Cgroups whose drops a heartbeat lists.

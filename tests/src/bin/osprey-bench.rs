@@ -467,7 +467,7 @@ async fn floods(client: &async_nats::Client, url: &str, dir: &std::path::Path) -
 /// configuration) and under a fresh bpftrace, ROUNDS interleaved rounds, medians reported.
 mod peer {
     use std::{
-        collections::{HashMap, HashSet},
+        collections::{BTreeMap, HashMap, HashSet},
         path::PathBuf,
         process::Child,
     };
@@ -677,6 +677,22 @@ tracepoint:syscalls:sys_enter_connect {
             }
         }
 
+        /// Osprey's own account of its cost so far (stage and thread times, ns), from its
+        /// latest heartbeat; bpftrace keeps none.
+        fn cost_ns(&self) -> BTreeMap<String, u64> {
+            let Monitor::Osprey(c) = self else {
+                return BTreeMap::new();
+            };
+            let Some(hb) = c.last_heartbeat() else {
+                return BTreeMap::new();
+            };
+            let threads = hb
+                .thread_cpu_ns
+                .into_iter()
+                .map(|(k, v)| (format!("thread {k}"), v));
+            hb.stage_ns.into_iter().chain(threads).collect()
+        }
+
         /// How many of `w`'s items the monitor reported in full: the execs and the scripts'
         /// connects whose exact argv it reported (distinct markers), the connect storm's
         /// connects to its port.
@@ -816,6 +832,8 @@ tracepoint:syscalls:sys_enter_connect {
         kernel_ns_per_run: f64,
         kernel_us_per_item: f64,
         peak_rss_mib: f64,
+        /// Osprey's stage and thread times per item (µs), from its heartbeats.
+        cost_us_per_item: BTreeMap<String, f64>,
     }
 
     /// A column of the comparison: its name (`item` is replaced by the workload's unit), the
@@ -901,6 +919,7 @@ tracepoint:syscalls:sys_enter_connect {
                         )
                     };
                     let pid = monitor.pid();
+                    let cost0 = monitor.cost_ns();
                     let (ns0, runs0) = bpf_prog_stats(pid);
                     let cpu0 = cpu_ticks(pid);
                     let elapsed = ws.run(w, &mark);
@@ -910,6 +929,15 @@ tracepoint:syscalls:sys_enter_connect {
                     let peak_rss_mib = peak_rss_kib(pid) as f64 / 1024.0;
                     let captured = monitor.captured(&ws, w, &mark);
                     let kernel_ns = ns1.saturating_sub(ns0) as f64;
+                    // The settle outlasts a heartbeat interval, so the latest one has it all.
+                    let cost_us_per_item = monitor
+                        .cost_ns()
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let before = cost0.get(&k).copied().unwrap_or(0);
+                            (k, v.saturating_sub(before) as f64 / 1e3 / items)
+                        })
+                        .collect();
                     samples[wi][m].push(Sample {
                         ratio: items / elapsed.as_secs_f64() / bare,
                         capture_pct: 100.0 * captured as f64 / items,
@@ -917,6 +945,7 @@ tracepoint:syscalls:sys_enter_connect {
                         kernel_ns_per_run: kernel_ns / runs1.saturating_sub(runs0).max(1) as f64,
                         kernel_us_per_item: kernel_ns / 1e3 / items,
                         peak_rss_mib,
+                        cost_us_per_item,
                     });
                 }
             }
@@ -973,6 +1002,38 @@ tracepoint:syscalls:sys_enter_connect {
                     .collect();
                 println!("{name:<16}{}", cells.concat());
             }
+            // Where Osprey's CPU went: its stages (pipeline thread), what that thread spent
+            // outside them (wake-ups, timers, the NATS client), and its other threads.
+            let osprey = &samples[wi][0];
+            let keys: Vec<&String> = osprey
+                .first()
+                .map(|s| s.cost_us_per_item.keys().collect())
+                .unwrap_or_default();
+            let cost = |k: &str| {
+                median(
+                    &osprey
+                        .iter()
+                        .map(|s| s.cost_us_per_item.get(k).copied().unwrap_or(0.0))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let staged: f64 = keys
+                .iter()
+                .filter(|k| !k.starts_with("thread "))
+                .map(|k| cost(k))
+                .sum();
+            let parts: Vec<String> = keys
+                .iter()
+                .map(|k| (k, cost(k)))
+                .filter(|(_, us)| *us >= 0.05)
+                .map(|(k, us)| format!("{k} {us:.1}"))
+                .collect();
+            println!(
+                "osprey µs/{}: {}; pipeline thread outside the stages {:.1}",
+                w.unit(),
+                parts.join(", "),
+                cost("thread osprey-collecto") - staged
+            );
         }
     }
 }

@@ -22,7 +22,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{CgroupSockAddr, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
@@ -52,8 +52,14 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
 ];
 
-/// Shortest time between two reads of the ring buffer while events keep coming.
+/// Shortest time between two reads of the ring buffer while events keep coming. Each read
+/// is a wake-up of the collector (tens of µs on a VM), but an exec's finding waits for it:
+/// at 2 ms the exec storm's wake-ups halved and exec→finding p99 passed 5 ms.
 const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long before the reader's timer fires records wake it again: a program reads the clock
+/// a moment before it commits its record, and a record committed unseen after the ring was
+/// read must have woken the reader.
+const WAKEUP_MARGIN: std::time::Duration = std::time::Duration::from_micros(100);
 /// Records taken from the ring buffer per batch at most.
 const MAX_BATCH: usize = 1024;
 /// How often the kernel's connect tracking maps are swept for entries that can no longer
@@ -105,6 +111,8 @@ pub struct EbpfSource {
     /// Keeps the programs loaded and attached.
     ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Tells the programs until when the ring's reader sleeps (see [`BATCH_INTERVAL`]).
+    asleep_until: Array<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     cgroup_drops: PerCpuHashMap<MapData, u64, CgroupDrops>,
     tracking: Tracking,
@@ -121,7 +129,14 @@ pub struct EbpfSource {
     /// When the last non-empty batch was handed out (see [`BATCH_INTERVAL`]).
     last_batch: Option<tokio::time::Instant>,
     translator: Translator,
+    reading: Reading,
+}
+
+/// What reading the ring took: its use, and the time spent draining it since the last
+/// `stats`.
+struct Reading {
     ring_use: protocol::RingUse,
+    time: std::time::Duration,
 }
 
 /// Turns ring-buffer records into [`SensorEvent`]s (separate from the ring so both can be
@@ -201,6 +216,33 @@ fn clk_tck() -> u64 {
 }
 
 impl Translator {
+    /// Takes what the ring holds, bounded so timers still get their turn and so that what
+    /// one batch queues for the outputs (encoded events, history records) stays small next
+    /// to the collector's memory bound. True when the ring is empty.
+    fn drain(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        exec_buf: &mut sensor_common::ExecRecord,
+        reading: &mut Reading,
+        out: &mut Vec<SensorEvent>,
+    ) -> bool {
+        let now = Instant::now();
+        let mut drained = false;
+        let mut read = 0u64;
+        for _ in 0..MAX_BATCH {
+            let Some(item) = ring.next() else {
+                drained = true;
+                break;
+            };
+            read += item.len() as u64;
+            self.handle(&item, exec_buf, now, out);
+        }
+        reading.time += now.elapsed();
+        reading.ring_use.read_bytes += read;
+        reading.ring_use.largest_read_bytes = reading.ring_use.largest_read_bytes.max(read);
+        drained
+    }
+
     fn start_ticks(&self, start_boottime_ns: u64) -> u64 {
         start_boottime_ns / self.ns_per_tick
     }
@@ -416,6 +458,7 @@ impl EventSource for EbpfSource {
         }
 
         let ring: RingBuf<MapData> = take_map(&mut ebpf, "EVENTS")?;
+        let asleep_until = take_map(&mut ebpf, "READER_ASLEEP_UNTIL")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
         let cgroup_drops = take_map(&mut ebpf, "CGROUP_DROPS")?;
         let tracking = Tracking {
@@ -440,6 +483,7 @@ impl EventSource for EbpfSource {
         Ok(EbpfSource {
             ebpf,
             ring,
+            asleep_until,
             drops,
             cgroup_drops,
             tracking,
@@ -450,9 +494,12 @@ impl EventSource for EbpfSource {
             enforcing: Arc::new(AtomicU64::new(0)),
             exec_buf: decode::new_exec_buffer(),
             last_batch: None,
-            ring_use: protocol::RingUse {
-                size_bytes: u64::from(options.buffer_bytes),
-                ..Default::default()
+            reading: Reading {
+                ring_use: protocol::RingUse {
+                    size_bytes: u64::from(options.buffer_bytes),
+                    ..Default::default()
+                },
+                time: std::time::Duration::ZERO,
             },
             translator: Translator {
                 joiner: ConnectJoiner::new(options.connect_outcome_wait),
@@ -468,32 +515,37 @@ impl EventSource for EbpfSource {
         // Under load, read at most once per interval: every wakeup costs more than handling
         // an event, so records are taken in batches. When idle, the first record is read at
         // once.
-        if let Some(last) = self.last_batch.take() {
-            tokio::time::sleep_until(last + BATCH_INTERVAL).await;
-        }
         let start_len = out.len();
+        if let Some(last) = self.last_batch {
+            let wake = last + BATCH_INTERVAL;
+            let asleep = wake.saturating_duration_since(tokio::time::Instant::now());
+            if asleep > WAKEUP_MARGIN {
+                // Records sent meanwhile would each wake the runtime just to be left for
+                // this timer: the programs hold those wake-ups back until shortly before it
+                // fires. A failed update only costs the wake-ups.
+                let until = clock_ns(libc::CLOCK_BOOTTIME).saturating_add(
+                    i64::try_from((asleep - WAKEUP_MARGIN).as_nanos()).unwrap_or(i64::MAX),
+                );
+                if let Err(error) = self.asleep_until.set(0, until as u64, 0) {
+                    tracing::debug!(%error, "cannot tell the programs the reader sleeps");
+                }
+            }
+            // `last_batch` is cleared only once this sleep is over, so a caller that drops
+            // this future sleeps to the same time when it calls again.
+            tokio::time::sleep_until(wake).await;
+            self.last_batch = None;
+            // Read without waiting to be woken: records held back, and any sent behind them
+            // (the ring wakes its reader only for a record it has caught up with), are here.
+            let ring = self.ring.get_mut();
+            self.translator
+                .drain(ring, &mut self.exec_buf, &mut self.reading, out);
+        }
         while out.len() == start_len {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.map_err(|source| SourceError::Io { context: "ring buffer poll failed".into(), source })?;
-                    let now = Instant::now();
-                    // Drain what is there; bounded so timers still get their turn, and so that
-                    // what one batch queues for the outputs (encoded events, history records)
-                    // stays small next to the collector's memory bound.
                     let ring = guard.get_inner_mut();
-                    let mut drained = false;
-                    let mut read = 0u64;
-                    for _ in 0..MAX_BATCH {
-                        let Some(item) = ring.next() else {
-                            drained = true;
-                            break;
-                        };
-                        read += item.len() as u64;
-                        self.translator.handle(&item, &mut self.exec_buf, now, out);
-                    }
-                    self.ring_use.read_bytes += read;
-                    self.ring_use.largest_read_bytes = self.ring_use.largest_read_bytes.max(read);
-                    if drained {
+                    if self.translator.drain(ring, &mut self.exec_buf, &mut self.reading, out) {
                         guard.clear_ready();
                     }
                 }
@@ -549,8 +601,9 @@ impl EventSource for EbpfSource {
         stats
             .evicted
             .insert("kernel_connect_tracking_stale".into(), self.tracking.stale);
-        stats.ring = self.ring_use;
-        self.ring_use.largest_read_bytes = 0;
+        stats.ring = self.reading.ring_use;
+        self.reading.ring_use.largest_read_bytes = 0;
+        stats.read_time = std::mem::take(&mut self.reading.time);
         stats
     }
 
