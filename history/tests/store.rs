@@ -72,6 +72,64 @@ fn connection_row(pid: u32, start: i64) -> ConnectionRow {
     }
 }
 
+/// Every column of every connection row, in insertion order.
+fn connection_rows(conn: &rusqlite::Connection) -> Vec<Vec<rusqlite::types::Value>> {
+    let mut statement = conn
+        .prepare("SELECT * FROM connections ORDER BY id")
+        .unwrap();
+    let columns = statement.column_count();
+    statement
+        .query_map([], |r| (0..columns).map(|i| r.get(i)).collect())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_connection_closed_in_the_batch_it_opened_in_is_written_as_the_update_would_leave_it() {
+    // The same records, once in one batch (the writer pairs the close with its connect and
+    // inserts the finished row) and once with a flush before the close (insert, then the
+    // update): the rows must be the same.
+    let t = now();
+    let rows = |one_batch: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.batch_interval_ms = 2_000; // all sent below is gathered into one batch
+        let history = History::open(&config, HOST, &engines()).unwrap();
+        let handle = history.handle();
+        let open = |source_port| ConnectionRow {
+            outcome: "pending",
+            end: None,
+            bytes_sent: None,
+            bytes_received: None,
+            score: None,
+            label: None,
+            features: None,
+            source_port: Some(source_port),
+            ..connection_row(7, t)
+        };
+        assert!(handle.record(Record::Connect(open(40_000))));
+        // Another socket of the same process to the same destination stays open.
+        assert!(handle.record(Record::Connect(open(40_001))));
+        if !one_batch {
+            handle.flush().unwrap();
+        }
+        // Established a little after the connect: the duration is the close's.
+        let close = ConnectionRow {
+            end: Some(at(t + 3 * S)),
+            ..connection_row(7, t + S / 10)
+        };
+        assert!(handle.record(Record::Close(close)));
+        let stats = history.stats();
+        history.close().unwrap();
+        assert_eq!(stats.store.dropped, 0);
+        connection_rows(&store::open_read_only(&config.path).unwrap())
+    };
+    let paired = rows(true);
+    assert_eq!(paired, rows(false));
+    assert_eq!(paired.len(), 2, "{paired:?}");
+}
+
 #[test]
 fn retention_keeps_the_file_under_one_megabyte_deleting_the_oldest_rows() {
     let dir = tempfile::tempdir().unwrap();

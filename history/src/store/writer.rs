@@ -3,7 +3,7 @@
 //! The thread also enforces retention and polls for operator overrides.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError},
@@ -18,7 +18,7 @@ use rusqlite::{params, params_from_iter, types::Value, Connection, Transaction};
 
 use super::{
     overrides::{self, Override},
-    record::{BaselineChanges, ConnectionRow, Record, UdpFlowRow},
+    record::{BaselineChanges, ConnectionRow, ProcessRow, Record, UdpFlowRow},
     retention::{self, RetentionReport},
 };
 use crate::{
@@ -337,13 +337,24 @@ impl WriterState {
         };
         let mut failed = 0;
         let mut first_error = None;
-        for record in batch.drain(..) {
-            if let Err(e) = self.sql.write(&tx, &record) {
-                failed += 1;
-                first_error
-                    .get_or_insert_with(|| format!("{e} (writing {})", record_name(&record)));
+        let mut pairs = pairs_in_batch(batch);
+        for (i, record) in batch.iter().enumerate() {
+            let (result, records) = match (record, pairs.remove(&i)) {
+                (_, Some(Pairing::Folded)) => continue,
+                (Record::Connect(open), Some(Pairing::ClosedBy(close))) => {
+                    (self.sql.insert_closed(&tx, open, close), 2)
+                }
+                (Record::Process(p), Some(Pairing::ExitedBy(exit))) => {
+                    (self.sql.upsert_process(&tx, p, Some(exit)), 2)
+                }
+                _ => (self.sql.write(&tx, record), 1),
+            };
+            if let Err(e) = result {
+                failed += records;
+                first_error.get_or_insert_with(|| format!("{e} (writing {})", record_name(record)));
             }
         }
+        batch.clear();
         match tx.commit() {
             Ok(()) => {
                 self.counters.written.fetch_add(count - failed, Relaxed);
@@ -411,6 +422,9 @@ fn record_name(record: &Record) -> &'static str {
 
 /// Statements whose text depends on the feature columns, built once.
 struct Sql {
+    upsert_process: String,
+    /// The same with the process's end (an exit in the same batch).
+    upsert_exited_process: String,
     insert_connection: String,
     close_connection: String,
     insert_udp_flow: String,
@@ -433,7 +447,25 @@ impl Sql {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // A process seen again (a fork, then /proc) keeps what only the first sighting knew.
+        const PROCESS_COLUMNS: &str =
+            "exec_id, pid, exe, sha256, argv, user, uid, parent_exec_id, start_ns";
+        const PROCESS_UPDATES: &str = "pid = excluded.pid, exe = excluded.exe,
+             sha256 = coalesce(excluded.sha256, sha256), argv = excluded.argv,
+             user = coalesce(excluded.user, user), uid = excluded.uid,
+             parent_exec_id = coalesce(excluded.parent_exec_id, parent_exec_id),
+             start_ns = excluded.start_ns";
         Sql {
+            upsert_process: format!(
+                "INSERT INTO processes ({PROCESS_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
+                 ?8, ?9) ON CONFLICT (exec_id) DO UPDATE SET {PROCESS_UPDATES}"
+            ),
+            upsert_exited_process: format!(
+                "INSERT INTO processes ({PROCESS_COLUMNS}, end_ns, exit_code, signal) VALUES
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (exec_id)
+                 DO UPDATE SET {PROCESS_UPDATES}, end_ns = excluded.end_ns,
+                 exit_code = excluded.exit_code, signal = excluded.signal"
+            ),
             insert_connection: format!(
                 "INSERT INTO connections (exec_id, exe, protocol, destination, port, source_port,
                  outcome, start_ns, end_ns, duration_ms, bytes_sent, bytes_received, score, label,
@@ -458,31 +490,58 @@ impl Sql {
         }
     }
 
+    /// A process row, with its end when it exited within the same batch (one statement
+    /// instead of an insert and an update).
+    fn upsert_process(
+        &self,
+        tx: &Transaction,
+        p: &ProcessRow,
+        exit: Option<Exit>,
+    ) -> rusqlite::Result<()> {
+        let argv = serde_json::to_string(&p.argv).unwrap_or_default();
+        let mut values: Vec<Value> = vec![
+            p.exec_id.to_string().into(),
+            p.pid.into(),
+            p.exe.clone().into(),
+            p.sha256.clone().into(),
+            argv.into(),
+            p.user.clone().into(),
+            p.uid.into(),
+            p.parent_exec_id.map(|id| id.to_string()).into(),
+            p.start.unix_nanos().into(),
+        ];
+        let statement = match exit {
+            None => &self.upsert_process,
+            Some(exit) => {
+                values.extend([
+                    exit.end.unix_nanos().into(),
+                    exit.exit_code.into(),
+                    exit.signal.into(),
+                ]);
+                &self.upsert_exited_process
+            }
+        };
+        tx.prepare_cached(statement)?
+            .execute(params_from_iter(values))?;
+        Ok(())
+    }
+
+    /// A connection opened and closed within one batch: inserted as the close would leave
+    /// it, in one statement instead of an insert and an update.
+    fn insert_closed(
+        &self,
+        tx: &Transaction,
+        open: &ConnectionRow,
+        close: &ConnectionRow,
+    ) -> rusqlite::Result<()> {
+        tx.prepare_cached(&self.insert_connection)?
+            .execute(params_from_iter(closed_connection_values(open, close)))?;
+        Ok(())
+    }
+
     fn write(&self, tx: &Transaction, record: &Record) -> rusqlite::Result<()> {
         match record {
-            Record::Process(p) => {
-                let argv = serde_json::to_string(&p.argv).unwrap_or_default();
-                tx.prepare_cached(
-                    "INSERT INTO processes (exec_id, pid, exe, sha256, argv, user, uid,
-                     parent_exec_id, start_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT (exec_id) DO UPDATE SET pid = excluded.pid, exe = excluded.exe,
-                     sha256 = coalesce(excluded.sha256, sha256), argv = excluded.argv,
-                     user = coalesce(excluded.user, user), uid = excluded.uid,
-                     parent_exec_id = coalesce(excluded.parent_exec_id, parent_exec_id),
-                     start_ns = excluded.start_ns",
-                )?
-                .execute(params![
-                    p.exec_id.to_string(),
-                    p.pid,
-                    p.exe,
-                    p.sha256,
-                    argv,
-                    p.user,
-                    p.uid,
-                    p.parent_exec_id.map(|id| id.to_string()),
-                    p.start.unix_nanos(),
-                ])?;
-            }
+            Record::Process(p) => self.upsert_process(tx, p, None)?,
             Record::ProcessHash { exec_id, sha256 } => {
                 tx.prepare_cached("UPDATE processes SET sha256 = ?2 WHERE exec_id = ?1")?
                     .execute(params![exec_id.to_string(), sha256])?;
@@ -662,6 +721,100 @@ fn feature_values(features: Option<&Features>, out: &mut Vec<Value>) {
     }
 }
 
+/// A process's end, as `Record::ProcessExit` has it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Exit {
+    end: Timestamp,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+}
+
+/// How a record of a batch takes part in [`pairs_in_batch`]'s pairs.
+#[derive(Debug, PartialEq)]
+enum Pairing<'a> {
+    /// This connect is closed by that close, later in the batch.
+    ClosedBy(&'a ConnectionRow),
+    /// This process row ends with that exit, later in the batch.
+    ExitedBy(Exit),
+    /// Written with the record it completes, earlier in the batch.
+    Folded,
+}
+
+/// Pairs the records of a batch that end what an earlier one in it began, so that each pair
+/// is one statement instead of an insert and an update:
+/// - each close with the connect of the same socket: same process, protocol, destination
+///   and port, and the same source port, known to both (without it, `close_connection` may
+///   complete an older open row, and so does the writer);
+/// - each exit with the latest row of its process (a later row of the same process does not
+///   touch its end, so the end is the same).
+fn pairs_in_batch(batch: &[Record]) -> HashMap<usize, Pairing<'_>> {
+    type Socket = (protocol::ExecId, &'static str, std::net::IpAddr, u16, u16);
+    let socket = |c: &ConnectionRow| -> Option<Socket> {
+        Some((c.exec_id, c.protocol, c.destination, c.port, c.source_port?))
+    };
+    let mut open: HashMap<Socket, VecDeque<usize>> = HashMap::new();
+    let mut processes: HashMap<protocol::ExecId, usize> = HashMap::new();
+    let mut pairs = HashMap::new();
+    for (i, record) in batch.iter().enumerate() {
+        match record {
+            Record::Process(p) => {
+                processes.insert(p.exec_id, i);
+            }
+            Record::ProcessExit {
+                exec_id,
+                end,
+                exit_code,
+                signal,
+            } => {
+                if let Some(row) = processes.remove(exec_id) {
+                    let exit = Exit {
+                        end: *end,
+                        exit_code: *exit_code,
+                        signal: *signal,
+                    };
+                    pairs.insert(row, Pairing::ExitedBy(exit));
+                    pairs.insert(i, Pairing::Folded);
+                }
+            }
+            Record::Connect(c) if c.end.is_none() => {
+                if let Some(key) = socket(c) {
+                    open.entry(key).or_default().push_back(i);
+                }
+            }
+            Record::Close(c) => {
+                let connect = socket(c)
+                    .and_then(|key| open.get_mut(&key))
+                    .and_then(VecDeque::pop_front);
+                if let Some(connect) = connect {
+                    pairs.insert(connect, Pairing::ClosedBy(c));
+                    pairs.insert(i, Pairing::Folded);
+                }
+            }
+            _ => {}
+        }
+    }
+    pairs
+}
+
+/// Where `connection_values` puts what identifies a row and when it started (the process,
+/// its executable, protocol, destination, port and start), and the source port.
+const IDENTITY_VALUES: [usize; 6] = [0, 1, 2, 3, 4, 7];
+const SOURCE_PORT_VALUE: usize = 5;
+
+/// The row `close_connection` leaves when `close` completes `open`: the open row's identity
+/// and start, its source port or else the close's, and everything else from the close.
+fn closed_connection_values(open: &ConnectionRow, close: &ConnectionRow) -> Vec<Value> {
+    let mut values = connection_values(close);
+    let mut opened = connection_values(open);
+    for i in IDENTITY_VALUES {
+        values[i] = std::mem::replace(&mut opened[i], Value::Null);
+    }
+    if opened[SOURCE_PORT_VALUE] != Value::Null {
+        values[SOURCE_PORT_VALUE] = std::mem::replace(&mut opened[SOURCE_PORT_VALUE], Value::Null);
+    }
+    values
+}
+
 /// ?1..?14 then the features, in the order of the connection statements.
 fn connection_values(c: &ConnectionRow) -> Vec<Value> {
     let duration_ms = c
@@ -705,4 +858,88 @@ fn udp_values(f: &UdpFlowRow) -> Vec<Value> {
     ];
     feature_values(Some(&f.features), &mut v);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(source_port: Option<u16>, end: Option<i64>) -> ConnectionRow {
+        ConnectionRow {
+            exec_id: "4cd11df2-7-1007-0".parse().expect("an ExecId"),
+            exe: "/usr/bin/curl".into(),
+            protocol: "tcp",
+            destination: "10.1.2.3".parse().expect("an address"),
+            port: 443,
+            source_port,
+            outcome: "ok",
+            start: Timestamp::from_unix_nanos(1),
+            end: end.map(Timestamp::from_unix_nanos),
+            bytes_sent: None,
+            bytes_received: None,
+            score: None,
+            label: None,
+            features: None,
+        }
+    }
+
+    #[test]
+    fn a_close_pairs_with_the_oldest_connect_of_its_socket_only() {
+        let batch = vec![
+            Record::Connect(row(Some(40_000), None)),
+            Record::Connect(row(Some(40_001), None)),
+            Record::Connect(row(Some(40_000), None)),
+            // Without a source port it could be any of them: left to the update.
+            Record::Close(row(None, Some(9))),
+            Record::Close(row(Some(40_000), Some(9))),
+            Record::Close(row(Some(40_002), Some(9))),
+        ];
+        let pairs = pairs_in_batch(&batch);
+        let Record::Close(close) = &batch[4] else {
+            unreachable!()
+        };
+        assert_eq!(pairs.len(), 2, "{pairs:?}");
+        assert_eq!(pairs.get(&0), Some(&Pairing::ClosedBy(close)));
+        assert_eq!(pairs.get(&4), Some(&Pairing::Folded));
+    }
+
+    #[test]
+    fn an_exit_pairs_with_the_latest_row_of_its_process() {
+        let process = |id: &str| {
+            Record::Process(ProcessRow {
+                exec_id: id.parse().expect("an ExecId"),
+                pid: 7,
+                exe: "/usr/bin/true".into(),
+                sha256: None,
+                argv: vec!["true".into()],
+                user: None,
+                uid: 0,
+                parent_exec_id: None,
+                start: Timestamp::from_unix_nanos(1),
+            })
+        };
+        let exit = |id: &str| Record::ProcessExit {
+            exec_id: id.parse().expect("an ExecId"),
+            end: Timestamp::from_unix_nanos(9),
+            exit_code: Some(0),
+            signal: None,
+        };
+        let batch = vec![
+            process("4cd11df2-7-1007-0"),
+            process("4cd11df2-8-1008-0"),
+            process("4cd11df2-7-1007-0"),
+            exit("4cd11df2-7-1007-0"),
+            // Its row is in an earlier batch: left to the update.
+            exit("4cd11df2-9-1009-0"),
+        ];
+        let pairs = pairs_in_batch(&batch);
+        let ended = Exit {
+            end: Timestamp::from_unix_nanos(9),
+            exit_code: Some(0),
+            signal: None,
+        };
+        assert_eq!(pairs.len(), 2, "{pairs:?}");
+        assert_eq!(pairs.get(&2), Some(&Pairing::ExitedBy(ended)));
+        assert_eq!(pairs.get(&3), Some(&Pairing::Folded));
+    }
 }
