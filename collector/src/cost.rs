@@ -8,7 +8,8 @@ use std::{collections::BTreeMap, time::Instant};
 /// A step of the event path on the pipeline thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
-    /// Records taken from the kernel (or ETW) and decoded into sensor events.
+    /// Records taken from the kernel's ring buffer and decoded into sensor events (timed by
+    /// the eBPF source; the ETW source does not time its reads, so it stays 0 on Windows).
     Read,
     /// The process table updated and the process enriched (user, container, hash lookup).
     Table,

@@ -35,7 +35,7 @@ use crate::{
     store::{
         self,
         overrides::{Override, OverrideAction},
-        record::{ConnectionRow, NoveltyRow, ProcessRow, Record, UdpFlowRow},
+        record::{ConnectionRow, NoveltyRow, ProcessEnd, ProcessRow, Record, UdpFlowRow},
         writer::{HistoryHandle, StoreStats, Writer},
     },
     HistoryError,
@@ -290,9 +290,11 @@ impl History {
         }
         self.handle.record(Record::ProcessExit {
             exec_id: *exec_id,
-            end: time,
-            exit_code: exit.exit_code,
-            signal: exit.signal,
+            end: ProcessEnd {
+                time,
+                exit_code: exit.exit_code,
+                signal: exit.signal,
+            },
         });
     }
 

@@ -142,7 +142,8 @@ pub struct SourceStats {
     pub evicted: BTreeMap<String, u64>,
     /// The kernel ring buffer's use; its largest read restarts at each call.
     pub ring: protocol::RingUse,
-    /// Time spent taking records and decoding them since the previous call.
+    /// Time spent taking records and decoding them since the previous call (zero from a
+    /// source that does not time it: ETW).
     pub read_time: std::time::Duration,
 }
 

@@ -127,6 +127,14 @@ impl BaselineChanges {
     }
 }
 
+/// How and when a process ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProcessEnd {
+    pub time: Timestamp,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
 /// One change for the store.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Record {
@@ -139,9 +147,7 @@ pub enum Record {
     },
     ProcessExit {
         exec_id: ExecId,
-        end: Timestamp,
-        exit_code: Option<i32>,
-        signal: Option<i32>,
+        end: ProcessEnd,
     },
     /// A connect: a new row.
     Connect(ConnectionRow),

@@ -18,7 +18,7 @@ use rusqlite::{params, params_from_iter, types::Value, Connection, Transaction};
 
 use super::{
     overrides::{self, Override},
-    record::{BaselineChanges, ConnectionRow, ProcessRow, Record, UdpFlowRow},
+    record::{BaselineChanges, ConnectionRow, ProcessEnd, ProcessRow, Record, UdpFlowRow},
     retention::{self, RetentionReport},
 };
 use crate::{
@@ -344,8 +344,8 @@ impl WriterState {
                 (Record::Connect(open), Some(Pairing::ClosedBy(close))) => {
                     (self.sql.insert_closed(&tx, open, close), 2)
                 }
-                (Record::Process(p), Some(Pairing::ExitedBy(exit))) => {
-                    (self.sql.upsert_process(&tx, p, Some(exit)), 2)
+                (Record::Process(p), Some(Pairing::ExitedBy(end))) => {
+                    (self.sql.upsert_process(&tx, p, Some(end)), 2)
                 }
                 _ => (self.sql.write(&tx, record), 1),
             };
@@ -496,7 +496,7 @@ impl Sql {
         &self,
         tx: &Transaction,
         p: &ProcessRow,
-        exit: Option<Exit>,
+        end: Option<ProcessEnd>,
     ) -> rusqlite::Result<()> {
         let argv = serde_json::to_string(&p.argv).unwrap_or_default();
         let mut values: Vec<Value> = vec![
@@ -510,13 +510,13 @@ impl Sql {
             p.parent_exec_id.map(|id| id.to_string()).into(),
             p.start.unix_nanos().into(),
         ];
-        let statement = match exit {
+        let statement = match end {
             None => &self.upsert_process,
-            Some(exit) => {
+            Some(end) => {
                 values.extend([
-                    exit.end.unix_nanos().into(),
-                    exit.exit_code.into(),
-                    exit.signal.into(),
+                    end.time.unix_nanos().into(),
+                    end.exit_code.into(),
+                    end.signal.into(),
                 ]);
                 &self.upsert_exited_process
             }
@@ -546,16 +546,16 @@ impl Sql {
                 tx.prepare_cached("UPDATE processes SET sha256 = ?2 WHERE exec_id = ?1")?
                     .execute(params![exec_id.to_string(), sha256])?;
             }
-            Record::ProcessExit {
-                exec_id,
-                end,
-                exit_code,
-                signal,
-            } => {
+            Record::ProcessExit { exec_id, end } => {
                 tx.prepare_cached(
                     "UPDATE processes SET end_ns = ?2, exit_code = ?3, signal = ?4 WHERE exec_id = ?1",
                 )?
-                .execute(params![exec_id.to_string(), end.unix_nanos(), exit_code, signal])?;
+                .execute(params![
+                    exec_id.to_string(),
+                    end.time.unix_nanos(),
+                    end.exit_code,
+                    end.signal
+                ])?;
             }
             Record::Connect(c) => {
                 tx.prepare_cached(&self.insert_connection)?
@@ -721,21 +721,13 @@ fn feature_values(features: Option<&Features>, out: &mut Vec<Value>) {
     }
 }
 
-/// A process's end, as `Record::ProcessExit` has it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Exit {
-    end: Timestamp,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-}
-
 /// How a record of a batch takes part in [`pairs_in_batch`]'s pairs.
 #[derive(Debug, PartialEq)]
 enum Pairing<'a> {
     /// This connect is closed by that close, later in the batch.
     ClosedBy(&'a ConnectionRow),
     /// This process row ends with that exit, later in the batch.
-    ExitedBy(Exit),
+    ExitedBy(ProcessEnd),
     /// Written with the record it completes, earlier in the batch.
     Folded,
 }
@@ -760,19 +752,9 @@ fn pairs_in_batch(batch: &[Record]) -> HashMap<usize, Pairing<'_>> {
             Record::Process(p) => {
                 processes.insert(p.exec_id, i);
             }
-            Record::ProcessExit {
-                exec_id,
-                end,
-                exit_code,
-                signal,
-            } => {
+            Record::ProcessExit { exec_id, end } => {
                 if let Some(row) = processes.remove(exec_id) {
-                    let exit = Exit {
-                        end: *end,
-                        exit_code: *exit_code,
-                        signal: *signal,
-                    };
-                    pairs.insert(row, Pairing::ExitedBy(exit));
+                    pairs.insert(row, Pairing::ExitedBy(*end));
                     pairs.insert(i, Pairing::Folded);
                 }
             }
@@ -918,11 +900,14 @@ mod tests {
                 start: Timestamp::from_unix_nanos(1),
             })
         };
-        let exit = |id: &str| Record::ProcessExit {
-            exec_id: id.parse().expect("an ExecId"),
-            end: Timestamp::from_unix_nanos(9),
+        let ended = ProcessEnd {
+            time: Timestamp::from_unix_nanos(9),
             exit_code: Some(0),
             signal: None,
+        };
+        let exit = |id: &str| Record::ProcessExit {
+            exec_id: id.parse().expect("an ExecId"),
+            end: ended,
         };
         let batch = vec![
             process("4cd11df2-7-1007-0"),
@@ -933,11 +918,6 @@ mod tests {
             exit("4cd11df2-9-1009-0"),
         ];
         let pairs = pairs_in_batch(&batch);
-        let ended = Exit {
-            end: Timestamp::from_unix_nanos(9),
-            exit_code: Some(0),
-            signal: None,
-        };
         assert_eq!(pairs.len(), 2, "{pairs:?}");
         assert_eq!(pairs.get(&2), Some(&Pairing::ExitedBy(ended)));
         assert_eq!(pairs.get(&3), Some(&Pairing::Folded));
